@@ -1,0 +1,49 @@
+"""Configuration of the ChopGrad pixel loss; ``configs/chopgrad/default.yaml`` mirrors it 1:1."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from chopgrad_core.engine import MODES
+from chopgrad_core.errors import ChopGradError
+from chopgrad_core.losses import LOSS_NAMES
+
+
+@dataclass(kw_only=True)
+class ChopGradConfig:
+    loss: str = "l1"
+    """Pixel loss: one of l1, mse, ssim, ms_ssim, lpips."""
+    mode: str = "sliding"
+    """Truncation schedule: full (reference, memory grows with length), block or sliding."""
+    window: int = 1
+    """sliding: D earlier frame groups each loss reaches (paper: D); block: k groups per window."""
+    micro_batch: Optional[int] = None
+    """Batch elements (cameras) back-propagated at a time; None = the whole batch at once."""
+    recompute: bool = False
+    """Checkpoint the decoder's blocks inside a window (exact; about a third more compute)."""
+    tile: Optional[list[int]] = None
+    """[th, tw] latent pixels per backward tile (approximate gradient, exact loss value); None = off."""
+    tile_halo: int = 4
+    """Latent pixels of context decoded around each backward tile."""
+    lpips_weights: Optional[str] = None
+    """Local LPIPS weights file; required when loss=lpips. Nothing is ever downloaded."""
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSS_NAMES:
+            raise ChopGradError(f"chopgrad.loss={self.loss!r} is unknown; choose one of {', '.join(LOSS_NAMES)}")
+        if self.mode not in MODES:
+            raise ChopGradError(f"chopgrad.mode={self.mode!r} is unknown; choose one of {', '.join(MODES)}")
+        if self.window < (1 if self.mode == "block" else 0):
+            raise ChopGradError(f"chopgrad.window={self.window} is too small for mode={self.mode!r} "
+                                f"(sliding: >= 0, block: >= 1)")
+        if self.loss == "lpips" and not self.lpips_weights:
+            raise ChopGradError("chopgrad.loss=lpips needs chopgrad.lpips_weights=/path/to/lpips.safetensors")
+
+    def pixel_loss_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`chopgrad_core.pixel_loss`."""
+        kw = asdict(self)
+        kw.pop("extra")
+        kw["tile"] = tuple(self.tile) if self.tile else None
+        return kw

@@ -1,0 +1,182 @@
+"""The interface every VAE adapter implements: a causal decoder that decodes frame group by frame group.
+
+A causal video VAE decoder turns latents (B C T h w) into frames (B c F H W) one *group* of latent
+frames at a time, carrying a :class:`CausalCache` of features from the previous group into the next.
+The engine (``chopgrad_core.engine``) only ever talks to this interface; an adapter
+(``chopgrad_core/adapters/<family>.py``) holds what differs between VAE families: which latent
+frames form a group, how many pixel frames each group yields, and how the cache is passed.
+
+Shape legend: B batch (cameras), C latent channels, T latent frames, h w latent height/width,
+c pixel channels, F pixel frames, H W pixel height/width.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from chopgrad_core.errors import NonFiniteError, ShapeError
+
+
+def map_tensors(fn: Callable[[torch.Tensor], Any], tree: Any) -> Any:
+    """Apply ``fn`` to every tensor in a nest of lists, tuples and dicts; other leaves pass through.
+
+    Caches hold sentinels ("Rep", None) beside tensors, so a plain tree map over tensors only is what
+    every cache operation needs.
+    """
+    if isinstance(tree, torch.Tensor):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {k: map_tensors(fn, v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(map_tensors(fn, v) for v in tree)
+    return tree
+
+
+def iter_tensors(tree: Any) -> Iterator[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, dict):
+        for v in tree.values():
+            yield from iter_tensors(v)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            yield from iter_tensors(v)
+
+
+@dataclass(frozen=True)
+class CausalCache:
+    """Features one frame group leaves for the next, as a nest of tensors and sentinels.
+
+    Immutable by convention: adapters build a new cache per group and never write into the one
+    they were given, so a snapshot is simply a reference.
+    """
+
+    state: Any
+
+    def detach(self) -> CausalCache:
+        """Cut the gradient path to earlier groups (the truncation). Values are unchanged."""
+        return CausalCache(map_tensors(torch.Tensor.detach, self.state))
+
+    def crop(self, rows: slice, cols: slice, latent_hw: tuple[int, int]) -> CausalCache:
+        """The spatial window (rows, cols), given in latent pixels, of every cached feature map.
+
+        Each feature map lives at an integer multiple of the latent resolution (the decoder's
+        upsampling factor at that depth); the window is scaled to it.
+        """
+        h, w = latent_hw
+
+        def _crop(t: torch.Tensor) -> torch.Tensor:
+            sh, sw = t.shape[-2] // h, t.shape[-1] // w
+            assert sh * h == t.shape[-2] and sw * w == t.shape[-1], "cache not at a multiple of latent size"
+            return t[..., rows.start * sh : rows.stop * sh, cols.start * sw : cols.stop * sw]
+
+        return CausalCache(map_tensors(_crop, self.state))
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in iter_tensors(self.state))
+
+
+@dataclass(frozen=True)
+class Group:
+    """One decode step: latent frames ``latent`` decode to pixel frames ``pixel``."""
+
+    index: int
+    latent: slice
+    pixel: slice
+
+
+class CausalDecoder(abc.ABC):
+    """A VAE decoder seen as a function ``(z_group, cache) -> (frames, cache)`` applied group by group.
+
+    Subclasses (one per VAE family) implement :meth:`groups`, :meth:`init_cache` and
+    :meth:`decode_group`. ``decode_group`` must be functional: it may not mutate the cache it is
+    given, so the engine can keep snapshots and re-run windows from them.
+    """
+
+    #: Human-readable family name, used in error messages.
+    family: str = "?"
+
+    def __init__(self, vae: nn.Module, *, clamp: bool) -> None:
+        self.vae = vae
+        #: Clamp decoded frames to [-1, 1] as the family's ``vae.decode`` does (zero gradient where
+        #: saturated). Kept on by default so every mode equals ``vae.decode`` exactly.
+        self.clamp = clamp
+
+    # -- what differs per family -------------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def latent_channels(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def spatial_scale(self) -> int:
+        """Pixels per latent pixel along height and width."""
+
+    @property
+    def out_channels(self) -> int:
+        return 3
+
+    @abc.abstractmethod
+    def groups(self, num_latent_frames: int) -> list[Group]:
+        """The decode steps for ``num_latent_frames``, in order; pixel slices tile [0, F)."""
+
+    @abc.abstractmethod
+    def init_cache(self) -> CausalCache: ...
+
+    @abc.abstractmethod
+    def decode_group(self, z: torch.Tensor, cache: CausalCache, group: Group) -> tuple[torch.Tensor, CausalCache]:
+        """Decode ``z`` (B C t h w, the group's latent frames) given the previous group's cache."""
+
+    def recomputation(self) -> contextlib.AbstractContextManager:
+        """Context in which ``decode_group`` checkpoints its blocks (recomputes them in backward).
+
+        The default has no checkpointing; adapters override it.
+        """
+        return contextlib.nullcontext()
+
+    # -- shared ------------------------------------------------------------------------------
+
+    def num_frames(self, num_latent_frames: int) -> int:
+        return self.groups(num_latent_frames)[-1].pixel.stop
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Every parameter the decode path uses (gradients reach those that require grad)."""
+        return list(self._modules_used().parameters())
+
+    def _modules_used(self) -> nn.Module:
+        return self.vae.decoder
+
+    def check_latents(self, latents: torch.Tensor, name: str = "latents") -> None:
+        if not isinstance(latents, torch.Tensor) or latents.dim() != 5:
+            shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ShapeError(
+                f"{name} must be a 5-D tensor (B, C={self.latent_channels}, T, h, w) for the {self.family} VAE, "
+                f"got shape {shape}"
+            )
+        if latents.shape[1] != self.latent_channels:
+            raise ShapeError(
+                f"{name} has {latents.shape[1]} channels; the {self.family} VAE expects "
+                f"(B, C={self.latent_channels}, T, h, w), got shape {tuple(latents.shape)}"
+            )
+        if latents.shape[2] < 1:
+            raise ShapeError(f"{name} has no latent frames: shape {tuple(latents.shape)}")
+        if not torch.isfinite(latents).all():
+            raise NonFiniteError(f"{name} contains NaN or inf values (shape {tuple(latents.shape)})")
+
+    def frames_shape(self, latents: torch.Tensor) -> tuple[int, int, int, int, int]:
+        b, _, t, h, w = latents.shape
+        s = self.spatial_scale
+        return (b, self.out_channels, self.num_frames(t), h * s, w * s)
+
+    def _finish(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames.clamp(-1.0, 1.0) if self.clamp else frames
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(family={self.family!r}, clamp={self.clamp})"

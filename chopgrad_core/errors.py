@@ -1,0 +1,28 @@
+"""All errors raised by chopgrad_core, in one place.
+
+Every error is rooted at ``ValueError`` (bad input) or ``TypeError`` (unsupported object), so callers
+can catch broadly; not-found errors also subclass ``FileNotFoundError``. Messages name the input,
+the value seen and the fix (the argument or config key to change).
+"""
+
+from __future__ import annotations
+
+
+class ChopGradError(ValueError):
+    """Base class for bad input to chopgrad_core."""
+
+
+class ShapeError(ChopGradError):
+    """A tensor has the wrong number of dimensions, channels or frames."""
+
+
+class NonFiniteError(ChopGradError):
+    """A tensor holds NaN or inf where finite values are required."""
+
+
+class UnsupportedVAEError(TypeError):
+    """``chopgrad_core.wrap`` was given a VAE family it has no adapter for."""
+
+
+class WeightsNotFoundError(ChopGradError, FileNotFoundError):
+    """A local weights file is missing. Nothing is ever downloaded: the message names the config key."""
