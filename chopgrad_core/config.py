@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from chopgrad_core.engine import MODES
@@ -28,7 +28,6 @@ class ChopGradConfig:
     """Latent pixels of context decoded around each backward tile."""
     lpips_weights: Optional[str] = None
     """Local LPIPS weights file; required when loss=lpips. Nothing is ever downloaded."""
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSS_NAMES:
@@ -44,6 +43,5 @@ class ChopGradConfig:
     def pixel_loss_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`chopgrad_core.pixel_loss`."""
         kw = asdict(self)
-        kw.pop("extra")
         kw["tile"] = tuple(self.tile) if self.tile else None
         return kw

@@ -23,6 +23,9 @@ from torch import nn
 from chopgrad_core.errors import NonFiniteError, ShapeError
 
 
+_TAKEN = object()  # marks a CausalCache whose state was handed over
+
+
 def map_tensors(fn: Callable[[torch.Tensor], Any], tree: Any) -> Any:
     """Apply ``fn`` to every tensor in a nest of lists, tuples and dicts; other leaves pass through.
 
@@ -49,15 +52,23 @@ def iter_tensors(tree: Any) -> Iterator[torch.Tensor]:
             yield from iter_tensors(v)
 
 
-@dataclass(frozen=True)
+@dataclass
 class CausalCache:
     """Features one frame group leaves for the next, as a nest of tensors and sentinels.
 
-    Immutable by convention: adapters build a new cache per group and never write into the one
-    they were given, so a snapshot is simply a reference.
+    Adapters never write into a cache they were given, so a snapshot is simply a reference. The
+    one exception is :meth:`take`: a caller that will not need this cache again hands its state
+    over, and the adapter overwrites it slot by slot, so each old feature map is freed as soon as
+    its replacement exists instead of both caches living until the group is done.
     """
 
     state: Any
+
+    def take(self) -> Any:
+        """The state, leaving this cache empty (using it again is an error)."""
+        state, self.state = self.state, _TAKEN
+        assert state is not _TAKEN, "cache was already handed over with take()"
+        return state
 
     def detach(self) -> CausalCache:
         """Cut the gradient path to earlier groups (the truncation). Values are unchanged."""
@@ -131,8 +142,13 @@ class CausalDecoder(abc.ABC):
     def init_cache(self) -> CausalCache: ...
 
     @abc.abstractmethod
-    def decode_group(self, z: torch.Tensor, cache: CausalCache, group: Group) -> tuple[torch.Tensor, CausalCache]:
-        """Decode ``z`` (B C t h w, the group's latent frames) given the previous group's cache."""
+    def decode_group(self, z: torch.Tensor, cache: CausalCache, group: Group, *,
+                     consume: bool = False) -> tuple[torch.Tensor, CausalCache]:
+        """Decode ``z`` (B C t h w, the group's latent frames) given the previous group's cache.
+
+        With ``consume=True`` the adapter may take the cache's state (:meth:`CausalCache.take`)
+        and free it while it decodes; otherwise the given cache is left untouched.
+        """
 
     def recomputation(self) -> contextlib.AbstractContextManager:
         """Context in which ``decode_group`` checkpoints its blocks (recomputes them in backward).

@@ -83,7 +83,7 @@ def _stream(decoder: CausalDecoder, latents: torch.Tensor) -> Iterator[torch.Ten
     for group in decoder.groups(latents.shape[2]):
         # no_grad per step, not around the loop: a generator's context would leak into the caller.
         with torch.no_grad():
-            frames, cache = decoder.decode_group(latents[:, :, group.latent], cache, group)
+            frames, cache = decoder.decode_group(latents[:, :, group.latent], cache, group, consume=True)
         yield frames
 
 
@@ -265,11 +265,14 @@ def _run_windows(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, nee
     value = torch.zeros((), dtype=torch.float32, device=leaf.device)
     windows = _windows(plan.mode, plan.window, len(groups), need_grad)
     for n, win in enumerate(windows):
-        cache, share = snapshots[win.start], None
+        next_start = windows[n + 1].start if n + 1 < len(windows) else len(groups)
+        # A snapshot no later window starts from is handed over, so it is freed while decoding.
+        cache, share = (snapshots.pop(win.start) if next_start > win.start else snapshots[win.start]), None
         with torch.set_grad_enabled(need_grad):
             # 1. Decode the window with gradient, from a snapshot whose past is a constant.
             for group in groups[win.start : win.stop]:
-                frames, cache = decoder.decode_group(leaf[:, :, group.latent], cache, group)
+                frames, cache = decoder.decode_group(leaf[:, :, group.latent], cache, group,
+                                                     consume=win.start not in snapshots or group.index > win.start)
                 if group.index in win.loss_groups:
                     part = plan.frame_loss(frames, group.pixel, batch)
                     share = part if share is None else share + part
@@ -282,7 +285,6 @@ def _run_windows(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, nee
                 _accumulate(torch.autograd.grad(share, inputs, allow_unused=True), grad_z, grad_p)
         value += share.detach()
         # Keep only the snapshots that later windows start from.
-        next_start = windows[n + 1].start if n + 1 < len(windows) else len(groups)
         for key in [k for k in snapshots if k < next_start]:
             del snapshots[key]
     return value

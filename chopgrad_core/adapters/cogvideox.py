@@ -65,10 +65,13 @@ class CogVideoXDecoder(CausalDecoder):
     def init_cache(self) -> CausalCache:
         return CausalCache(None)
 
-    def decode_group(self, z: torch.Tensor, cache: CausalCache, group: Group) -> tuple[torch.Tensor, CausalCache]:
+    def decode_group(self, z: torch.Tensor, cache: CausalCache, group: Group, *,
+                     consume: bool = False) -> tuple[torch.Tensor, CausalCache]:
+        # The decoder reads the old dict and builds a new one: functional either way.
+        state = cache.take() if consume else cache.state
         if self.vae.post_quant_conv is not None:
             z = self.vae.post_quant_conv(z)
-        frames, new_cache = self.vae.decoder(z, conv_cache=cache.state)
+        frames, new_cache = self.vae.decoder(z, conv_cache=state)
         return self._finish(frames), CausalCache(new_cache)
 
     def _modules_used(self) -> torch.nn.Module:

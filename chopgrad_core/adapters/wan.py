@@ -63,9 +63,11 @@ class WanDecoder(CausalDecoder):
     def init_cache(self) -> CausalCache:
         return CausalCache([None] * self._num_slots)
 
-    def decode_group(self, z: torch.Tensor, cache: CausalCache, group: Group) -> tuple[torch.Tensor, CausalCache]:
-        # A fresh list per call: the decoder writes its new slots into it, the given cache is untouched.
-        slots = list(cache.state)
+    def decode_group(self, z: torch.Tensor, cache: CausalCache, group: Group, *,
+                     consume: bool = False) -> tuple[torch.Tensor, CausalCache]:
+        # The decoder writes its new slots into this list. A copy leaves the given cache untouched;
+        # a taken list lets each old slot go as soon as it is overwritten (a cache is ~2 GB at 480p).
+        slots = cache.take() if consume else list(cache.state)
         x = self.vae.post_quant_conv(z)
         frames = self.vae.decoder(x, feat_cache=slots, feat_idx=[0], first_chunk=group.index == 0)
         if self.patch_size > 1:
