@@ -123,11 +123,16 @@ class MSSSIM(PixelLoss):
     name = "ms_ssim"
     supports_mask = False
 
+    def __init__(self, weights: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)) -> None:
+        # Five scales (the paper's) need frames of at least 161 px; fewer weights, fewer scales.
+        self.weights = weights
+
     def numerator(self, pred, target, mask):
         from chopgrad_core.ssim import ms_ssim
 
         b, _, f, _, _ = pred.shape
-        return (1.0 - ms_ssim(_frames_as_images(pred), _frames_as_images(target))).reshape(b, f)
+        score = ms_ssim(_frames_as_images(pred), _frames_as_images(target), weights=self.weights)
+        return (1.0 - score).reshape(b, f)
 
     def denominator(self, shape, mask, device):
         return torch.ones(shape[0], shape[2], device=device)
