@@ -120,31 +120,47 @@ def measure_cuda(vae, case: Case, hw, dtype, reference=None) -> tuple[Row, torch
     peak = (torch.cuda.max_memory_allocated() - base) / GIB
     cos = None
     if grad is not None and reference is not None:
-        cos = float(F.cosine_similarity(grad.flatten(), reference.flatten(), dim=0))
+        cos = float(F.cosine_similarity(grad.flatten(), reference.to(grad.device).flatten(), dim=0))
     return Row(case.name, case.frames, case.cameras, seconds, peak, cos), grad
 
 
-def measure_cpu_subprocess(case: Case, hw) -> Row:
-    """Peak RSS of a fresh process running one case, above the RSS before the call."""
-    out = subprocess.run([sys.executable, __file__, "--cpu-case", json.dumps(asdict(case)), "--hw", *map(str, hw)],
-                         capture_output=True, text=True, check=True)
-    d = json.loads(out.stdout.strip().splitlines()[-1])
-    return Row(case.name, case.frames, case.cameras, d["seconds"], d["peak_gib"], None)
+def measure_subprocess(case: Case, hw, device: str, ref_path: Path | None) -> Row:
+    cmd = [sys.executable, __file__, "--case", json.dumps(asdict(case)), "--hw", *map(str, hw), "--device", device]
+    if ref_path is not None:
+        cmd += ["--ref", str(ref_path)]
+    # CPU: glibc keeps freed heap pages, so peak RSS would count fragmentation; serving large
+    # allocations with mmap returns freed tensors to the OS (the constant-memory test does the same).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        return Row(case.name, case.frames, case.cameras, None, None, None, "failed: " + out.stderr.strip()[-200:])
+    return Row(**json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def cpu_case_main(case_json: str, hw) -> None:
-    import psutil
-
+def case_main(case_json: str, hw, device: str, ref: str | None) -> None:
     case = Case(**json.loads(case_json))
-    torch.set_num_threads(1)
-    vae = make_vae("small", "cpu", torch.float32)
-    z, target = make_inputs(vae, case, hw, "cpu", torch.float32)
-    base = psutil.Process().memory_info().rss
-    t0 = time.perf_counter()
-    run_case(vae, case, z, target)
-    seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print(json.dumps({"seconds": seconds, "peak_gib": (peak - base) / GIB}))
+    if device == "cuda":
+        vae = make_vae("full", "cuda", torch.bfloat16)
+        measure_cuda(vae, Case("naive", 5, 1, NAIVE), hw, torch.bfloat16)  # cudnn autotuning, allocator warm-up
+        reference = torch.load(ref) if ref and case.cameras == 1 and case.frames == 17 and Path(ref).exists() else None
+        row, grad = measure_cuda(vae, case, hw, torch.bfloat16, reference)
+        if case.name == "full" and grad is not None and ref:
+            torch.save(grad.cpu(), ref)
+    else:
+        import psutil
+
+        torch.set_num_threads(1)
+        # Random-weight decoders drift into denormal floats, which the CPU computes ~30x slower.
+        torch.set_flush_denormal(True)
+        vae = make_vae("small", "cpu", torch.float32)
+        z, target = make_inputs(vae, case, hw, "cpu", torch.float32)
+        base = psutil.Process().memory_info().rss
+        t0 = time.perf_counter()
+        run_case(vae, case, z, target)
+        seconds = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        row = Row(case.name, case.frames, case.cameras, seconds, (peak - base) / GIB, None)
+    print(json.dumps(asdict(row)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,49 +190,57 @@ def scenario_cases(name: str) -> tuple[list[Case], tuple[int, int]]:
                       Case("sliding-D1+recompute", frames, 1, dict(mode="sliding", window=1, recompute=True))]
         return cases, (480, 832)
     if name == "h100-anchor":
-        cases = [Case("full", 17, 1), Case("full", 33, 1)]
-        for frames in (17, 33, 121):
-            cases += [Case("decode", frames, 1), Case("naive", frames, 1, NAIVE),
-                      Case("recompute", frames, 1, FAST), Case("recompute+tile", frames, 1, SMALL)]
-        cases.append(Case("naive", 17, 6, NAIVE))
-        for frames in (17, 33, 121):
-            cases += [Case("recompute", frames, 6, FAST), Case("recompute+tile", frames, 6, SMALL)]
+        cases = [Case("full", 17, 1)]
+        for name_, kw in (("decode", {}), ("naive", NAIVE), ("recompute", FAST), ("recompute+tile", SMALL)):
+            cases += [Case(name_, frames, 1, kw) for frames in (17, 33, 121)]
+        cases += [Case("full", 33, 1), Case("naive", 17, 6, NAIVE),
+                  Case("recompute", 121, 6, FAST), Case("recompute+tile", 121, 6, SMALL)]
         return cases, (480, 832)
-    raise SystemExit(f"unknown scenario {name!r}: cpu-small, h100-explore, h100-anchor")
+    if name == "h100-long":  # clean timings at both ends of the length range, one camera
+        cases = [Case(n, f, 1, kw) for f in (17, 121)
+                 for n, kw in (("decode", {}), ("naive", NAIVE), ("recompute", FAST), ("recompute+tile", SMALL))]
+        return cases, (480, 832)
+    raise SystemExit(f"unknown scenario {name!r}: cpu-small, h100-explore, h100-anchor, h100-long")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario", default="cpu-small")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    ap.add_argument("--cpu-case", help=argparse.SUPPRESS)
+    ap.add_argument("--in-process", action="store_true", help="GPU: all cases in one process (no OOM cases)")
+    ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--hw", nargs=2, type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    ap.add_argument("--ref", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.cpu_case:
-        return cpu_case_main(args.cpu_case, args.hw)
+    if args.case:
+        return case_main(args.case, args.hw, args.device, args.ref)
 
     cases, hw = scenario_cases(args.scenario)
     rows: list[Row] = []
     if args.scenario.startswith("h100"):
+        # One fresh process per case: an out-of-memory case leaves the caching allocator holding
+        # memory (and a traceback holding tensors), which starved and slowed every later case.
         device_name = torch.cuda.get_device_name().replace(" ", "-")
-        vae = make_vae("full", "cuda", torch.bfloat16)
-        refs: dict[tuple[int, int], torch.Tensor] = {}
-        warm = Case("naive", 5, 1, NAIVE)  # cudnn autotuning and allocator warm-up stay out of the numbers
-        measure_cuda(vae, warm, hw, torch.bfloat16)
+        ref_path = Path(args.out) / "full_grad.pt"
+        if args.in_process:  # faster; only for case lists with no out-of-memory case
+            vae = make_vae("full", "cuda", torch.bfloat16)
+            measure_cuda(vae, Case("naive", 5, 1, NAIVE), hw, torch.bfloat16)  # warm-up
         for case in cases:
-            row, grad = measure_cuda(vae, case, hw, torch.bfloat16, refs.get((case.frames, case.cameras)))
-            if case.name == "full" and grad is not None:
-                refs[(case.frames, case.cameras)] = grad
-            rows.append(row)
-            print(fmt_row(row), flush=True)
+            if args.in_process:
+                rows.append(measure_cuda(vae, case, hw, torch.bfloat16)[0])
+            else:
+                rows.append(measure_subprocess(case, hw, "cuda", ref_path))
+            print(fmt_row(rows[-1]), flush=True)
+        ref_path.unlink(missing_ok=True)
     else:
         device_name = "cpu"
-        refs = {}
         for case in cases:
-            rows.append(measure_cpu_subprocess(case, hw))
+            rows.append(measure_subprocess(case, hw, "cpu", None))
             print(fmt_row(rows[-1]), flush=True)
-        # gradient cosines, in-process (memory is not measured here)
-        vae = make_vae("small", "cpu", torch.float32)
+        # Gradient cosines in-process (memory is not measured here).
+        torch.set_flush_denormal(True)
+        vae, refs = make_vae("small", "cpu", torch.float32), {}
         for row, case in zip(rows, cases):
             if case.name == "decode":
                 continue
@@ -224,8 +248,8 @@ def main() -> None:
             key = (case.frames, case.cameras)
             if key not in refs:
                 refs[key] = run_case(vae, Case("full", case.frames, case.cameras), z, target)
-            row.cosine = float(F.cosine_similarity(run_case(vae, case, z, target).flatten(), refs[key].flatten(), dim=0))
-
+            grad = run_case(vae, case, z, target)
+            row.cosine = float(F.cosine_similarity(grad.flatten(), refs[key].flatten(), dim=0))
     table = render(rows, args.scenario, device_name, hw)
     print(table)
     out = Path(args.out)
