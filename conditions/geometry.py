@@ -338,10 +338,12 @@ def _clip_one_plane(verts_PV3: np.ndarray, counts_P: np.ndarray, plane_4: np.nda
     d_PV = verts_PV3 @ plane_4[:3] + plane_4[3]
     # Next vertex of each vertex (the last valid one wraps to the first).
     last = np.maximum(counts_P - 1, 0)
-    v_next = np.empty_like(verts_PV3)
+    # zeros, not empty: padding columns past a short row's last vertex are never assigned, and
+    # uninitialised memory there (NaN/inf) raised spurious RuntimeWarnings in the masked maths below.
+    v_next = np.zeros_like(verts_PV3)
     v_next[:, :-1] = verts_PV3[:, 1:]
     v_next[rows, last] = verts_PV3[:, 0]
-    d_next = np.empty_like(d_PV)
+    d_next = np.zeros_like(d_PV)
     d_next[:, :-1] = d_PV[:, 1:]
     d_next[rows, last] = d_PV[:, 0]
     inside = (d_PV >= 0) & valid_PV

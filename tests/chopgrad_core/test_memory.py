@@ -6,15 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 SCRIPT = r"""
 import json, resource, sys, torch
 torch.set_num_threads(1)
-sys.path.insert(0, sys.argv[4])
-from conftest import tiny_wan21
+from chopgrad_core.testing import tiny_wan21
 import chopgrad_core as cg
 mode, t, hw = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 vae = tiny_wan21().requires_grad_(False)
@@ -29,7 +27,7 @@ def peak_rss_mib(mode: str, latent_frames: int, hw: int = 16) -> float:
     # glibc keeps freed heap pages, so peak RSS would measure fragmentation, not what the loss
     # holds; serving every allocation above 64 KiB with mmap returns freed tensors to the OS.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode, str(latent_frames), str(hw), str(Path(__file__).parent)],
+    out = subprocess.run([sys.executable, "-c", SCRIPT, mode, str(latent_frames), str(hw)],
                          capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 

@@ -1,8 +1,7 @@
-"""Tiny random-initialised VAEs of every supported family (DESIGN.md section 4 sizes)."""
+"""Tiny random-initialised VAEs of every supported family, for tests and CPU benchmarks (DESIGN.md 4)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from diffusers import AutoencoderKLCogVideoX, AutoencoderKLWan
 
