@@ -1,0 +1,212 @@
+"""The controlled multi-camera video diffusion model: diffusers' Wan VACE transformer plus the
+embeddings that turn driving conditions into its inputs.
+
+Built from diffusers parts, not re-implemented: the backbone is ``WanVACETransformer3DModel``
+(Wan's DiT with the VACE control branch over ``vace_layers``), so real Wan / VACE weights from a
+local directory load unchanged; the VAE is ``AutoencoderKLWan``.
+
+Conditions and where they enter:
+
+1. layout -> control branch: per camera, the VAE latents of the coloured control video (16 ch)
+   concatenated with the semantic layout raster area-pooled to the latent grid (one latent frame
+   per frame group) form ``control_hidden_states`` (``vace_in_channels`` = 16 + layout channels).
+2. boxes and cameras -> cross-attention: every box token (projected corners and 3D parameters,
+   Fourier-embedded, plus class, camera and latent-frame embeddings; MagicDrive's scheme) and one
+   token per camera (intrinsics and extrinsics) are projected to ``text_dim`` and attended to in
+   place of, or beside, text embeddings. Empty box slots become a learned pad token; without text
+   a learned null token keeps the context non-empty.
+3. multiple cameras see each other through *joint attention over views*: the K cameras of an
+   instant are tiled side by side along the width of the latent, (B, C, T, h, K*w), so Wan's full
+   3D self-attention spans all views and frames. Why: it reuses Wan's attention and RoPE
+   unchanged (pretrained weights stay meaningful, neighbouring views share image borders as in a
+   panorama), and it is exact cross-view interaction rather than an added cross-view module. The
+   cost is attention over K times more tokens; measured in benchmarks/train_step.py.
+
+Shape legend: B batch, K cameras, C latent channels, T latent frames, h w latent size, S box
+slots per camera and latent frame, P box parameters, L context tokens, D text_dim.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers import WanVACETransformer3DModel
+from torch import nn
+
+# ----------------------------------------------------------------------------------------------
+# Camera tiling: joint attention over views
+# ----------------------------------------------------------------------------------------------
+
+
+def tile_cameras(x_BKCThw: torch.Tensor) -> torch.Tensor:
+    """(B, K, C, T, h, w) -> (B, C, T, h, K*w): cameras side by side along the width."""
+    b, k, c, t, h, w = x_BKCThw.shape
+    return x_BKCThw.permute(0, 2, 3, 4, 1, 5).reshape(b, c, t, h, k * w)
+
+
+def untile_cameras(x_BCThKw: torch.Tensor, num_cameras: int) -> torch.Tensor:
+    """(B, C, T, h, K*w) -> (B, K, C, T, h, w)."""
+    b, c, t, h, kw = x_BCThKw.shape
+    w = kw // num_cameras
+    return x_BCThKw.reshape(b, c, t, h, num_cameras, w).permute(0, 4, 1, 2, 3, 5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Condition embeddings
+# ----------------------------------------------------------------------------------------------
+
+
+def fourier(x: torch.Tensor, num_freqs: int) -> torch.Tensor:
+    """NeRF-style Fourier features of the last axis: (..., n) -> (..., n * (2 * num_freqs + 1))."""
+    freqs = (2.0 ** torch.arange(num_freqs, device=x.device, dtype=x.dtype)) * math.pi
+    xf = x.unsqueeze(-1) * freqs  # (..., n, F)
+    return torch.cat([x.unsqueeze(-1), xf.sin(), xf.cos()], dim=-1).flatten(-2)
+
+
+class BoxEmbedding(nn.Module):
+    """Box tokens -> context tokens (MagicDrive: Fourier-embedded corners + class embedding)."""
+
+    def __init__(self, dim: int, num_classes: int, num_params: int, max_cameras: int, max_frames: int,
+                 num_freqs: int = 4) -> None:
+        super().__init__()
+        self.num_freqs = num_freqs
+        geo = (16 + num_params) * (2 * num_freqs + 1)
+        self.mlp = nn.Sequential(nn.Linear(geo, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.class_embed = nn.Embedding(num_classes, dim)
+        self.camera_embed = nn.Embedding(max_cameras, dim)
+        self.frame_embed = nn.Embedding(max_frames, dim)
+        self.pad = nn.Parameter(torch.zeros(dim))  # stands for every empty slot
+
+    def forward(self, corners_BKTS82, params_BKTSP, class_BKTS, mask_BKTS) -> torch.Tensor:
+        b, k, t, s = class_BKTS.shape
+        if t > self.frame_embed.num_embeddings:
+            raise ValueError(f"{t} latent frames exceed model.max_latent_frames={self.frame_embed.num_embeddings}; "
+                             "raise model.max_latent_frames")
+        geo = torch.cat([corners_BKTS82.flatten(-2), params_BKTSP], dim=-1).float()
+        tok = self.mlp(fourier(geo, self.num_freqs))
+        tok = tok + self.class_embed(class_BKTS.clamp_min(0))
+        tok = tok + self.camera_embed(torch.arange(k, device=tok.device)).view(1, k, 1, 1, -1)
+        tok = tok + self.frame_embed(torch.arange(t, device=tok.device)).view(1, 1, t, 1, -1)
+        tok = torch.where(mask_BKTS.unsqueeze(-1), tok, self.pad.to(tok.dtype))
+        return tok.reshape(b, k * t * s, -1)  # (B, K*T*S, D)
+
+
+class CameraEmbedding(nn.Module):
+    """One token per camera from its normalised intrinsics and camera-to-ego extrinsics."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4 + 12, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, intrinsics_BK33, cam_to_ego_BK44, image_hw: tuple[int, int]) -> torch.Tensor:
+        h, w = image_hw
+        k = intrinsics_BK33.float()
+        # Focal lengths and principal point relative to the image size: resolution independent.
+        intr = torch.stack([k[..., 0, 0] / w, k[..., 1, 1] / h, k[..., 0, 2] / w, k[..., 1, 2] / h], dim=-1)
+        extr = cam_to_ego_BK44.float()[..., :3, :].flatten(-2)
+        return self.mlp(torch.cat([intr, extr], dim=-1))  # (B, K, D)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Sizes of the transformer and the condition embeddings (``configs/model/*.yaml``)."""
+
+    num_attention_heads: int = 2
+    """Heads of the Wan transformer (Wan 2.1 1.3B: 12)."""
+    attention_head_dim: int = 12
+    """Per-head width (Wan 2.1 1.3B: 128)."""
+    num_layers: int = 2
+    """Transformer blocks (Wan 2.1 1.3B: 30)."""
+    ffn_dim: int = 32
+    """Feed-forward width (Wan 2.1 1.3B: 8960)."""
+    text_dim: int = 32
+    """Width of the cross-attention context (Wan: 4096, umT5 embeddings)."""
+    vace_layers: list[int] = field(default_factory=lambda: [0])
+    """Blocks that receive a control hint (must include 0)."""
+    latent_channels: int = 16
+    """VAE latent channels (Wan 2.1 VAE: 16)."""
+    layout_channels: int = 16
+    """Semantic layout channels pooled into the control branch (conditions.LAYOUT_CHANNELS)."""
+    num_box_classes: int = 10
+    """Box classes (conditions.BOX_CLASSES)."""
+    num_box_params: int = 10
+    """Box parameters per token (conditions.BOX_PARAM_NAMES)."""
+    max_cameras: int = 8
+    """Largest camera count the camera-index embedding supports."""
+    max_latent_frames: int = 64
+    """Largest latent frame count the box-token frame embedding supports."""
+    num_text_tokens: int = 1
+    """Learned null tokens used in place of text when no text embeddings are given."""
+
+    def __post_init__(self) -> None:
+        if 0 not in self.vace_layers or max(self.vace_layers) >= self.num_layers:
+            raise ValueError(f"model.vace_layers={self.vace_layers} must include 0 and stay below "
+                             f"model.num_layers={self.num_layers}")
+
+
+class ControlledWan(nn.Module):
+    """Wan VACE transformer conditioned on layout (control branch), boxes and cameras (context)."""
+
+    def __init__(self, config: ModelConfig, transformer: WanVACETransformer3DModel | None = None) -> None:
+        super().__init__()
+        self.config = config
+        d = config.text_dim
+        self.transformer = transformer or WanVACETransformer3DModel(
+            num_attention_heads=config.num_attention_heads, attention_head_dim=config.attention_head_dim,
+            in_channels=config.latent_channels, out_channels=config.latent_channels, text_dim=d,
+            ffn_dim=config.ffn_dim, num_layers=config.num_layers, vace_layers=list(config.vace_layers),
+            vace_in_channels=config.latent_channels + config.layout_channels)
+        self.boxes = BoxEmbedding(d, config.num_box_classes, config.num_box_params, config.max_cameras,
+                                  config.max_latent_frames)
+        self.cameras = CameraEmbedding(d)
+        self.null_text = nn.Parameter(torch.randn(config.num_text_tokens, d) * 0.02)
+
+    def context(self, cond: dict[str, torch.Tensor], image_hw: tuple[int, int]) -> torch.Tensor:
+        """Cross-attention tokens: text (or the learned null), one per camera, then box tokens."""
+        b = cond["box_class"].shape[0]
+        text = cond.get("text")
+        if text is None:
+            text = self.null_text.unsqueeze(0).expand(b, -1, -1)
+        cams = self.cameras(cond["intrinsics"], cond["cam_to_ego"], image_hw)
+        boxes = self.boxes(cond["box_corners"], cond["box_params"], cond["box_class"], cond["box_mask"])
+        return torch.cat([text.float(), cams, boxes], dim=1)  # (B, L, D)
+
+    def forward(self, latents_BKCThw: torch.Tensor, timestep_B: torch.Tensor, control_BKCThw: torch.Tensor,
+                cond: dict[str, torch.Tensor], image_hw: tuple[int, int]) -> torch.Tensor:
+        """Flow-matching velocity for the noisy latents of all cameras, (B, K, C, T, h, w)."""
+        k = latents_BKCThw.shape[1]
+        if k > self.config.max_cameras:
+            raise ValueError(f"{k} cameras exceed model.max_cameras={self.config.max_cameras}")
+        dtype = next(self.transformer.parameters()).dtype
+        out = self.transformer(
+            hidden_states=tile_cameras(latents_BKCThw).to(dtype),
+            timestep=timestep_B,
+            encoder_hidden_states=self.context(cond, image_hw).to(dtype),
+            control_hidden_states=tile_cameras(control_BKCThw).to(dtype),
+            return_dict=False,
+        )[0]
+        return untile_cameras(out, k)
+
+
+def pool_layout(layout_BKFCHW: torch.Tensor, latent_frames: int, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """Semantic layout (B, K, F, C, H, W) in [0, 1] -> the latent grid (B, K, C, T, h, w).
+
+    Latent frame 0 covers pixel frame 0, latent frame t >= 1 covers frames 4t-3..4t (Wan's
+    temporal compression); each is the mean over its frames and over each latent pixel's area.
+    """
+    b, k, f, c, h, w = layout_BKFCHW.shape
+    x = layout_BKFCHW.float()
+    first, rest = x[:, :, :1], x[:, :, 1:]
+    if rest.shape[2]:
+        rest = rest.reshape(b, k, latent_frames - 1, 4, c, h, w).mean(dim=3)
+    x = torch.cat([first, rest], dim=2).flatten(0, 2)  # (B*K*T, C, H, W)
+    x = F.adaptive_avg_pool2d(x, latent_hw)
+    return x.reshape(b, k, latent_frames, c, *latent_hw).permute(0, 1, 3, 2, 4, 5)
