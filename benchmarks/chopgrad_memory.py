@@ -196,11 +196,18 @@ def scenario_cases(name: str) -> tuple[list[Case], tuple[int, int]]:
         cases += [Case("full", 33, 1), Case("naive", 17, 6, NAIVE),
                   Case("recompute", 121, 6, FAST), Case("recompute+tile", 121, 6, SMALL)]
         return cases, (480, 832)
+    if name == "h100-levers":  # exact levers toward the 6 GiB target, clean in-process timings
+        lean = dict(FAST, recompute_strips=4, offload_cache=True)
+        cases = [Case("naive", 17, 1, NAIVE), Case("recompute", 17, 1, FAST),
+                 Case("recompute+strips4", 17, 1, dict(FAST, recompute_strips=4)),
+                 Case("lean", 17, 1, lean), Case("lean-strips8", 17, 1, dict(lean, recompute_strips=8)),
+                 Case("naive", 121, 1, NAIVE), Case("lean", 121, 1, lean), Case("lean", 33, 6, lean)]
+        return cases, (480, 832)
     if name == "h100-long":  # clean timings at both ends of the length range, one camera
         cases = [Case(n, f, 1, kw) for f in (17, 121)
                  for n, kw in (("decode", {}), ("naive", NAIVE), ("recompute", FAST), ("recompute+tile", SMALL))]
         return cases, (480, 832)
-    raise SystemExit(f"unknown scenario {name!r}: cpu-small, h100-explore, h100-anchor, h100-long")
+    raise SystemExit(f"unknown scenario {name!r}: cpu-small, h100-explore, h100-anchor, h100-long, h100-levers")
 
 
 def main() -> None:
@@ -233,6 +240,11 @@ def main() -> None:
                 rows.append(measure_subprocess(case, hw, "cuda", ref_path))
             print(fmt_row(rows[-1]), flush=True)
         ref_path.unlink(missing_ok=True)
+        if args.scenario == "h100-levers":  # the exact levers must not change the gradient
+            z, target = make_inputs(vae, Case("naive", 17, 1), hw, "cuda", torch.bfloat16)
+            plain = run_case(vae, Case("recompute", 17, 1, FAST), z, target)
+            lean = run_case(vae, Case("lean", 17, 1, dict(FAST, recompute_strips=4, offload_cache=True)), z, target)
+            print(f"lean vs recompute gradient: relative difference {float((lean - plain).norm() / plain.norm()):.2e}")
     else:
         device_name = "cpu"
         for case in cases:

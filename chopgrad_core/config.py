@@ -22,6 +22,10 @@ class ChopGradConfig:
     """Batch elements (cameras) back-propagated at a time; None = the whole batch at once."""
     recompute: bool = False
     """Checkpoint the decoder's blocks inside a window (exact; about a third more compute)."""
+    recompute_strips: int = 1
+    """Recompute each decoder block in this many horizontal strips (exact; Wan only)."""
+    offload_cache: bool = False
+    """CUDA: hold the next window's cache in pinned host memory during backward."""
     tile: Optional[list[int]] = None
     """[th, tw] latent pixels per backward tile (approximate gradient, exact loss value); None = off."""
     tile_halo: int = 4

@@ -150,10 +150,11 @@ class CausalDecoder(abc.ABC):
         and free it while it decodes; otherwise the given cache is left untouched.
         """
 
-    def recomputation(self) -> contextlib.AbstractContextManager:
+    def recomputation(self, strips: int = 1) -> contextlib.AbstractContextManager:
         """Context in which ``decode_group`` checkpoints its blocks (recomputes them in backward).
 
-        The default has no checkpointing; adapters override it.
+        ``strips`` > 1 recomputes each block in that many horizontal strips where the adapter
+        supports it (exact: blocks are local). The default has no checkpointing.
         """
         return contextlib.nullcontext()
 

@@ -26,6 +26,10 @@ Memory levers (optional, beyond the paper):
   treats batch elements independently.
 - ``recompute``: inside a window the decoder's blocks are checkpointed with their cache slots
   passed explicitly (see the adapter), so only block inputs are kept for backward. Exact.
+  ``recompute_strips`` recomputes each block in horizontal strips with a halo covering the
+  block's receptive field (Wan), so one strip's activations live at a time. Exact.
+- ``offload_cache`` (CUDA): the next window's starting cache waits in pinned host memory while
+  the window back-propagates. Exact.
 - ``tile``: the backward pass runs over spatial tiles of (th, tw) latent pixels, each decoded with
   ``tile_halo`` latent pixels of context on every side (the paper's spatial truncation). The
   forward stays exact (an extra no-grad decode of the full frame gives every frame, loss value and
@@ -55,7 +59,7 @@ import torch
 
 from chopgrad_core import losses as _losses
 from chopgrad_core.adapters import wrap
-from chopgrad_core.decoder import CausalCache, CausalDecoder, Group
+from chopgrad_core.decoder import CausalCache, CausalDecoder, Group, iter_tensors, map_tensors
 from chopgrad_core.errors import ChopGradError, NonFiniteError, ShapeError
 
 MODES = ("full", "block", "sliding")
@@ -122,6 +126,8 @@ def pixel_loss(
     mask: torch.Tensor | None = None,
     micro_batch: int | None = None,
     recompute: bool = False,
+    recompute_strips: int = 1,
+    offload_cache: bool = False,
     tile: tuple[int, int] | None = None,
     tile_halo: int = 4,
     lpips_weights: str | os.PathLike | None = None,
@@ -140,6 +146,10 @@ def pixel_loss(
         mask: per-pixel mask broadcastable as (B|1, 1|c, F, H, W).
         micro_batch: back-propagate this many batch elements (cameras) at a time.
         recompute: checkpoint the decoder's blocks inside a window (explicit cache snapshot/restore).
+        recompute_strips: recompute each block in this many horizontal strips (exact; Wan only),
+            so only one strip's activations live during backward.
+        offload_cache: on CUDA, keep the next window's starting cache in pinned host memory while
+            a window back-propagates (copied out during backward, back before the next window).
         tile: (th, tw) latent pixels per tile of the backward pass; ``tile_halo`` latent pixels of
             context. Approximate gradient; exact forward.
         lpips_weights: local LPIPS weights file for ``loss="lpips"`` (config key chopgrad.lpips_weights).
@@ -156,7 +166,10 @@ def pixel_loss(
     if mode == "full":
         return _full(decoder, latents, frame_loss, recompute)
     params = [p for p in decoder.parameters() if p.requires_grad]
-    plan = _Plan(decoder, frame_loss, mode, window, micro_batch or latents.shape[0], recompute, tile, tile_halo)
+    if recompute_strips < 1:
+        raise ChopGradError(f"recompute_strips must be >= 1, got {recompute_strips}")
+    plan = _Plan(decoder, frame_loss, mode, window, micro_batch or latents.shape[0], recompute, recompute_strips,
+                 offload_cache and latents.is_cuda, tile, tile_halo)
     return _TruncatedLoss.apply(plan, latents, *params)
 
 
@@ -203,6 +216,8 @@ class _Plan:
     window: int
     micro_batch: int
     recompute: bool
+    recompute_strips: int
+    offload_cache: bool
     tile: tuple[int, int] | None
     tile_halo: int
 
@@ -242,7 +257,8 @@ def _run_chunk(plan: _Plan, z: torch.Tensor, batch: slice, params, grad_z, grad_
     decoder, groups = plan.decoder, plan.decoder.groups(z.shape[2])
     leaf = z.detach().requires_grad_(grad_z is not None)
     inputs = ([leaf] if grad_z is not None else []) + (list(params) if grad_p is not None else [])
-    recompute = decoder.recomputation() if (plan.recompute and need_grad) else contextlib.nullcontext()
+    recompute = (decoder.recomputation(plan.recompute_strips) if (plan.recompute and need_grad)
+                 else contextlib.nullcontext())
     run = _run_tiled if (plan.tile is not None and need_grad) else _run_windows
     with recompute:
         return run(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, need_grad)
@@ -264,6 +280,9 @@ def _run_windows(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, nee
     snapshots: dict[int, CausalCache] = {0: decoder.init_cache()}  # cache before group i, detached
     value = torch.zeros((), dtype=torch.float32, device=leaf.device)
     windows = _windows(plan.mode, plan.window, len(groups), need_grad)
+    # Offloading pays only when the next window starts where this one stops (D = 0, block).
+    offloader = _CacheOffloader(leaf.device) if plan.offload_cache and need_grad and all(
+        w.start == (windows[n - 1].stop if n else 0) for n, w in enumerate(windows)) else None
     for n, win in enumerate(windows):
         next_start = windows[n + 1].start if n + 1 < len(windows) else len(groups)
         # A snapshot no later window starts from is handed over, so it is freed while decoding.
@@ -280,14 +299,57 @@ def _run_windows(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, nee
             #    is the cut: later windows treat it as a constant.
             snapshots[win.stop] = cache.detach()
             del frames, cache
+            if offloader is not None:
+                snapshots[win.stop] = offloader.offload(snapshots[win.stop])
             # 3. Backpropagate this window alone; its activations are freed before the next one.
             if need_grad:
                 _accumulate(torch.autograd.grad(share, inputs, allow_unused=True), grad_z, grad_p)
+            if offloader is not None:
+                snapshots[win.stop] = offloader.reload(snapshots[win.stop])
         value += share.detach()
         # Keep only the snapshots that later windows start from.
         for key in [k for k in snapshots if k < next_start]:
             del snapshots[key]
     return value
+
+
+class _CacheOffloader:
+    """Moves a cache to pinned host memory on a side stream while backward runs, and back.
+
+    The copy out overlaps the backward pass; the GPU copy is freed as soon as it is read. The
+    copy back happens after backward (the memory is needed then anyway). Host buffers are reused
+    across groups: every group after the first leaves a cache of the same shapes.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.stream = device, torch.cuda.Stream(device)
+        self.buffers: dict[tuple, list[torch.Tensor]] = {}
+
+    def offload(self, cache: CausalCache) -> CausalCache:
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        free = {k: list(v) for k, v in self.buffers.items()}
+
+        def out(t: torch.Tensor) -> torch.Tensor:
+            key = (tuple(t.shape), t.dtype)
+            host = free.get(key, []).pop() if free.get(key) else None
+            if host is None:
+                host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                self.buffers.setdefault(key, []).append(host)
+            host.copy_(t, non_blocking=True)
+            t.record_stream(self.stream)  # the allocator waits for the copy before reusing t
+            return host
+
+        with torch.cuda.stream(self.stream):
+            return CausalCache(map_tensors(out, cache.state))
+
+    def reload(self, cache: CausalCache) -> CausalCache:
+        with torch.cuda.stream(self.stream):
+            state = map_tensors(lambda t: t.to(self.device, non_blocking=True), cache.state)
+        main = torch.cuda.current_stream(self.device)
+        main.wait_stream(self.stream)
+        for t in iter_tensors(state):
+            t.record_stream(main)
+        return CausalCache(state)
 
 
 def _tiles(h: int, w: int, tile: tuple[int, int], halo: int):

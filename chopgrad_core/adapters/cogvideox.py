@@ -81,7 +81,8 @@ class CogVideoXDecoder(CausalDecoder):
         return torch.nn.ModuleList(modules)
 
     @contextlib.contextmanager
-    def recomputation(self) -> Iterator[None]:
+    def recomputation(self, strips: int = 1) -> Iterator[None]:
+        # Group norms span the whole frame, so blocks cannot be recomputed strip by strip here.
         was_on = self.vae.is_gradient_checkpointing
         self.vae.enable_gradient_checkpointing()
         try:

@@ -130,7 +130,9 @@ class CausalDecoderConformance:
 
     # -- memory levers: gradient equality with the plain truncated version -------------------
 
-    @pytest.mark.parametrize("lever", [dict(micro_batch=1), dict(recompute=True)], ids=["micro_batch", "recompute"])
+    @pytest.mark.parametrize("lever", [dict(micro_batch=1), dict(recompute=True),
+                                       dict(recompute=True, recompute_strips=3)],
+                             ids=["micro_batch", "recompute", "recompute_strips"])
     @pytest.mark.parametrize("mode,window", [("sliding", 1), ("block", 2)])
     def test_exact_lever_equals_plain_truncation(self, vae, data, lever, mode, window):
         z, target = data
