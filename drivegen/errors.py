@@ -28,3 +28,11 @@ class LogError(DrivegenError):
 
 class StoreError(DrivegenError):
     """A dataset store / cache could not be read or written."""
+
+
+class PreprocessConfigError(DrivegenError):
+    """A `drivegen.preprocess.PreprocessConfig` field is out of range (the message names the key)."""
+
+
+class DatasetConfigError(DrivegenError):
+    """A `drivegen.dataset.ClipDataset` argument does not fit the store (the message lists what it holds)."""

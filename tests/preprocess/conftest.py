@@ -1,0 +1,22 @@
+"""Shared fixtures: the logs every preprocessing test reads (generated once per session)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import preprocess_logs  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory):
+    """{"good": [refs], "corrupt": ref, "stripped": ref, "opener": callable or None}: the sample
+    logs (stand-ins from conditions.demo only while the ingest readers are missing)."""
+    root = tmp_path_factory.mktemp("logs")
+    if preprocess_logs.readers_available():
+        return preprocess_logs.sample_logs(root)
+    return preprocess_logs.demo_logs(root)

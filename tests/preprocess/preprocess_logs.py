@@ -1,0 +1,142 @@
+"""Logs for the preprocessing tests: the project's sample logs (drivegen.sample_data), variants of
+them (a corrupt copy, a Waymo segment stripped of its images), and an opener that kills its
+worker process once. Imported by Ray workers too (the tests put this folder on PYTHONPATH).
+
+When the ingest readers are not importable, `demo_logs` gives stand-ins built from
+conditions.demo with the same LogReader interface, so that the pipeline stays testable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+
+from drivegen.errors import LogError
+
+
+def readers_available() -> bool:
+    try:
+        import drivegen.ingest.nuscenes  # noqa: F401
+        import drivegen.ingest.waymo  # noqa: F401
+        from drivegen.sample_data import generate_sample_logs  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# -- real sample logs ------------------------------------------------------------------------
+
+
+def sample_logs(root: Path) -> dict:
+    """Sample logs under root/good, plus root/bad (a corrupt Waymo copy) and root/stripped (a
+    Waymo segment without images). Returns {"good": [...], "corrupt": ref, "stripped": ref, "opener": None}."""
+    from drivegen.ingest import discover_logs
+    from drivegen.ingest.tfrecord import iter_records, write_records
+    from drivegen.sample_data import generate_sample_logs
+
+    good = root / "good"
+    generate_sample_logs(good)
+    refs = discover_logs(good)
+    waymo = next(r for r in refs if r.kind == "waymo")
+    # A corrupt copy: same segment, another name, bytes flipped in the middle of the file.
+    bad_dir = root / "bad"
+    bad_dir.mkdir(parents=True, exist_ok=True)
+    data = bytearray(Path(waymo.path).read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 64] = bytes(64)
+    (bad_dir / "segment-corrupt-copy_with_camera_labels.tfrecord").write_bytes(bytes(data))
+    # A conditions-only segment: the same records with every camera image removed.
+    from waymo_open_dataset import dataset_pb2
+
+    stripped_dir = root / "stripped"
+    stripped_dir.mkdir(parents=True, exist_ok=True)
+    payloads = []
+    for _, payload in iter_records(waymo.path):
+        frame = dataset_pb2.Frame.FromString(payload)
+        del frame.images[:]
+        payloads.append(frame.SerializeToString())
+    with open(stripped_dir / "segment-no-images_with_camera_labels.tfrecord", "wb") as fh:
+        write_records(fh, payloads)
+    return {
+        "good": refs,
+        "corrupt": discover_logs(bad_dir)[0],
+        "stripped": discover_logs(stripped_dir)[0],
+        "opener": None,
+    }
+
+
+# -- stand-ins from conditions.demo (only while the readers are missing) ---------------------
+
+
+@dataclass(frozen=True)
+class DemoRef:
+    kind: str
+    path: str
+    name: str
+    version: str | None = None
+
+
+def _demo_ref(name: str, frames: int, images: bool = True, corrupt: bool = False) -> DemoRef:
+    return DemoRef("nuscenes", f"demo://{name}?frames={frames}&images={int(images)}&corrupt={int(corrupt)}", name)
+
+
+class DemoReader:
+    def __init__(self, ref: DemoRef):
+        from conditions.demo import make_demo_scene
+
+        q = {k: v[0] for k, v in parse_qs(urlparse(ref.path).query).items()}
+        if int(q["corrupt"]):
+            raise LogError(ref.name, "data CRC mismatch in the record at byte offset 1234")
+        self.ref = ref
+        self.scene = make_demo_scene(num_agents=20, num_frames=int(q["frames"]))
+        self.has_images = bool(int(q["images"]))
+
+    def image(self, camera: str, frame: int) -> np.ndarray:
+        if not self.has_images:
+            raise LogError(self.ref.name, "no images")
+        H, W = next(c for c in self.scene.cameras if c.name == camera).image_size
+        value = (frame * 37 + self.scene.camera_names.index(camera) * 11) % 256
+        return np.full((H // 8, W // 8, 3), value, dtype=np.uint8)
+
+
+def open_demo_log(ref):
+    return DemoReader(ref)
+
+
+def demo_logs(root: Path) -> dict:
+    return {
+        "good": [_demo_ref("demo-a", 20), _demo_ref("demo-b", 12)],
+        "corrupt": _demo_ref("demo-corrupt", 12, corrupt=True),
+        "stripped": _demo_ref("demo-no-images", 12, images=False),
+        "opener": open_demo_log,
+    }
+
+
+# -- fault injection -------------------------------------------------------------------------
+
+
+class _CrashOnce:
+    """Wraps a reader: the `after`-th image read kills the process if `marker` exists (once)."""
+
+    def __init__(self, reader, marker: str, after: int):
+        self._reader, self._marker, self._after, self._reads = reader, marker, after, 0
+        self.ref, self.scene, self.has_images = reader.ref, reader.scene, reader.has_images
+
+    def image(self, camera: str, frame: int) -> np.ndarray:
+        self._reads += 1
+        if self._reads >= self._after and os.path.exists(self._marker):
+            os.remove(self._marker)
+            os._exit(1)  # the worker process dies mid-clip, as on an OOM kill or a node loss
+        return self._reader.image(camera, frame)
+
+
+def crash_once_opener(ref, marker: str, after: int, inner=None):
+    """open_log (or `inner`), with a reader that kills its worker once; use with functools.partial."""
+    if inner is None:
+        from drivegen.ingest import open_log as inner
+    return _CrashOnce(inner(ref), marker, after)
+
