@@ -133,8 +133,9 @@ class ModelConfig:
     """Blocks that receive a control hint (must include 0)."""
     latent_channels: int = 16
     """VAE latent channels (Wan 2.1 VAE: 16)."""
-    layout_channels: int = 16
-    """Semantic layout channels pooled into the control branch (conditions.LAYOUT_CHANNELS)."""
+    layout_channels: int = 19
+    """Semantic layout channels pooled into the control branch: conditions.LAYOUT_CHANNELS less
+    the instance ids (arbitrary labels, meaningless once averaged)."""
     num_box_classes: int = 10
     """Box classes (conditions.BOX_CLASSES)."""
     num_box_params: int = 10

@@ -13,7 +13,7 @@ F frames, H W image size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,8 +50,6 @@ class ObjectiveConfig:
     """Fixed noise level for one-step training (the paper's setting); None samples sigma."""
     logit_normal: bool = True
     """Sample sigma from a logit-normal (SD3) rather than uniform distribution."""
-    chopgrad: ChopGradConfig = field(default_factory=ChopGradConfig)
-    """How the pixel loss is truncated (mode, window, memory levers)."""
 
     def __post_init__(self) -> None:
         if self.sigma is not None and not 0.0 < self.sigma <= 1.0:
@@ -69,7 +67,7 @@ def sample_sigma(cfg: ObjectiveConfig, batch: int, generator: torch.Generator | 
 
 def losses(model, decoder, space: LatentSpace, x0_BKCThw: torch.Tensor, frames_BKcFHW: torch.Tensor,
            control_BKCThw: torch.Tensor, cond: dict[str, Any], cfg: ObjectiveConfig,
-           generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+           chopgrad: ChopGradConfig | None = None, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Flow-matching and pixel losses of one batch; ``total`` is what to back-propagate.
 
     ``x0`` is in the normalised latent space; ``frames`` are the ground-truth frames in [-1, 1].
@@ -85,7 +83,8 @@ def losses(model, decoder, space: LatentSpace, x0_BKCThw: torch.Tensor, frames_B
     if cfg.pixel_weight > 0:
         x0_hat = (x_t - s * velocity).flatten(0, 1)  # (B*K, C, T, h, w): cameras as batch elements
         out["pixel"] = chopgrad_core.pixel_loss(decoder, space.denormalise(x0_hat.float()).to(x0_hat.dtype),
-                                                frames_BKcFHW.flatten(0, 1), **cfg.chopgrad.pixel_loss_kwargs())
+                                                frames_BKcFHW.flatten(0, 1),
+                                                **(chopgrad or ChopGradConfig()).pixel_loss_kwargs())
         total = total + cfg.pixel_weight * out["pixel"]
     out["total"] = total
     return out

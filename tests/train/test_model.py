@@ -22,7 +22,7 @@ def make_batch(seed: int = 0):
     cond = dict(box_corners=torch.rand(B, K, T, S, 8, 2, generator=g), box_params=torch.randn(B, K, T, S, 10, generator=g),
                 box_class=cls, box_mask=cls >= 0, intrinsics=torch.eye(3).expand(B, K, 3, 3) * 20,
                 cam_to_ego=torch.eye(4).expand(B, K, 4, 4))
-    return torch.randn(B, K, C, T, h, w, generator=g), torch.randn(B, K, 32, T, h, w, generator=g), cond
+    return torch.randn(B, K, C, T, h, w, generator=g), torch.randn(B, K, 35, T, h, w, generator=g), cond
 
 
 @pytest.fixture()
@@ -89,7 +89,8 @@ class TestObjective:
         z, ctrl, cond = make_batch()
         frames = (torch.rand(B, K, 3, 5, 32, 48) * 2 - 1)
         cfg = ObjectiveConfig(sigma=0.5, flow_weight=0.0, pixel_weight=1.0)
-        out = losses(model, cg.wrap(vae), LatentSpace(vae), z, frames, ctrl, cond, cfg, torch.Generator().manual_seed(0))
+        out = losses(model, cg.wrap(vae), LatentSpace(vae), z, frames, ctrl, cond, cfg,
+                     generator=torch.Generator().manual_seed(0))
         out["total"].backward()
         grads = [p.grad.abs().sum() for p in model.transformer.proj_out.parameters()]
         assert sum(grads) > 0
@@ -103,7 +104,7 @@ class TestObjective:
         history = []
         for step in range(25):
             out = losses(model, cg.wrap(vae), LatentSpace(vae), z, frames, ctrl, cond, cfg,
-                         torch.Generator().manual_seed(step % 2))
+                         generator=torch.Generator().manual_seed(step % 2))
             opt.zero_grad()
             out["total"].backward()
             opt.step()

@@ -1,0 +1,72 @@
+"""Configuration of ``python -m drivegen.train``; ``configs/train.yaml`` and its groups mirror it 1:1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from chopgrad_core.config import ChopGradConfig
+from drivegen.errors import DrivegenError
+from drivegen.model import ModelConfig
+from drivegen.objective import ObjectiveConfig
+
+
+class TrainConfigError(DrivegenError):
+    """A training setting is invalid; the message names the key."""
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    logs: str = "datasets/sample"
+    """Logs to preprocess when the store is missing (generated with drivegen.sample_data if absent)."""
+    store: str = "datasets/train_clips.zarr"
+    """The clip store (python -m drivegen.preprocess); made from ``logs`` when missing."""
+    image_size: list[int] = field(default_factory=lambda: [64, 112])
+    """(height, width) the store is written at and trained at; multiples of 16."""
+    clip_length: int = 5
+    """Frames per training clip: 1 + 4k (the Wan VAE's temporal compression)."""
+    datasets: Optional[list[str]] = field(default_factory=lambda: ["nuscenes"])
+    """Source datasets to train on (one camera rig per run)."""
+    batch_size: int = 1
+    """Clips per step."""
+    num_workers: int = 0
+    """DataLoader worker processes (spawn context)."""
+
+    def __post_init__(self) -> None:
+        if (self.clip_length - 1) % 4 != 0 or self.clip_length < 1:
+            raise TrainConfigError(f"data.clip_length={self.clip_length} must be 1 + 4k (e.g. 5, 9, 17)")
+        if len(self.image_size) != 2 or any(s % 16 for s in self.image_size):
+            raise TrainConfigError(f"data.image_size={list(self.image_size)} must be [H, W], multiples of 16")
+
+
+@dataclass(kw_only=True)
+class TrainerConfig:
+    steps: int = 150
+    """Optimizer steps."""
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Gradient norm clip."""
+    seed: int = 0
+    """Seeds model initialisation, noise and data order."""
+    device: str = "auto"
+    """cpu, cuda, or auto (cuda when available)."""
+    out: str = "outputs/train"
+    """Checkpoint, loss curve and logs go here."""
+    log_every: int = 10
+    """Steps between log lines."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.lr <= 0:
+            raise TrainConfigError("trainer.steps must be >= 1 and trainer.lr > 0")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    chopgrad: ChopGradConfig = field(default_factory=ChopGradConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)

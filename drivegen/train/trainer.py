@@ -1,0 +1,197 @@
+"""The training loop: batch -> forward -> flow-matching + ChopGrad pixel loss -> clip -> step -> log.
+
+Shape legend: B batch, T frames, K cameras, C channels, t latent frames, h w latent size,
+H W image size, S box slots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+import chopgrad_core
+import conditions
+from drivegen.dataset import ClipDataset
+from drivegen.model import ControlledWan, pool_layout
+from drivegen.objective import LatentSpace, losses
+from drivegen.train.config import TrainConfig, TrainConfigError
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+
+def ensure_store(cfg: TrainConfig) -> Path:
+    """The clip store, made from the logs (and the logs from the sample world) when missing."""
+    store = Path(cfg.data.store)
+    if (store / "zarr.json").is_file():
+        return store
+    logs = Path(cfg.data.logs)
+    if not logs.exists():
+        from drivegen.sample_data import generate_sample_logs
+
+        print(f"drivegen.train: no logs at {logs}; writing the sample logs there")
+        generate_sample_logs(logs)
+    from drivegen import preprocess
+
+    print(f"drivegen.train: no clip store at {store}; preprocessing {logs}")
+    h, w = cfg.data.image_size
+    # Composed with OmegaConf rather than preprocess.load_config: Hydra is already initialised
+    # by this job's own @hydra.main and refuses a second initialisation.
+    from omegaconf import OmegaConf
+
+    yaml = OmegaConf.load(Path(preprocess.__file__).resolve().parents[1] / "configs" / "preprocess.yaml")
+    pcfg = preprocess._to_dataclass(OmegaConf.merge(yaml, OmegaConf.from_dotlist([
+        f"input_root={logs}", f"out={store}", f"conditions.image_size=[{h},{w}]", "conditions.bev=false",
+        f"clip.length={cfg.data.clip_length}", f"clip.stride={cfg.data.clip_length}"])))
+    preprocess.run(pcfg)  # prints its own progress and summary
+    return store
+
+
+def latent_frame_index(num_frames: int) -> torch.Tensor:
+    """Pixel frame that stands for each latent frame: 0, then the last frame of each group of 4."""
+    return torch.tensor([0] + [4 * t for t in range(1, (num_frames - 1) // 4 + 1)])
+
+
+@torch.no_grad()
+def prepare(batch: dict, vae, space: LatentSpace, device: torch.device) -> tuple:
+    """A ClipDataset batch -> (x0, frames, control, cond) as ``drivegen.objective.losses`` takes them."""
+    images = batch["images"].to(device)  # (B, T, K, 3, H, W) in [-1, 1]
+    b, t, k = images.shape[:3]
+    frames = images.permute(0, 2, 3, 1, 4, 5)  # (B, K, 3, T, H, W)
+
+    def encode(video_BK3THW: torch.Tensor) -> torch.Tensor:
+        z = vae.encode(video_BK3THW.flatten(0, 1)).latent_dist.mode()
+        return space.normalise(z).unflatten(0, (b, k))  # (B, K, C, t, h, w)
+
+    x0 = encode(frames)
+    control_video = batch["control"].to(device).permute(0, 2, 3, 1, 4, 5)
+    layout = batch["layout"].to(device).float()  # (B, T, K, Cl, H, W) uint8 -> float
+    layout[:, :, :, conditions.DEPTH_CHANNEL] /= 255.0
+    keep = [c for c in range(layout.shape[3]) if c != conditions.INSTANCE_CHANNEL]
+    pooled = pool_layout(layout[:, :, :, keep].permute(0, 2, 1, 3, 4, 5), x0.shape[3], tuple(x0.shape[-2:]))
+    control = torch.cat([encode(control_video), pooled], dim=2)  # (B, K, C + Cl, t, h, w)
+
+    idx = latent_frame_index(t)
+    def per_latent_frame(x):  # (B, T, K, ...) -> (B, K, t, ...)
+        return x[:, idx].transpose(1, 2).to(device)
+
+    cond = dict(box_corners=per_latent_frame(batch["box_corners"]), box_params=per_latent_frame(batch["box_params"]),
+                box_class=per_latent_frame(batch["box_class"]), box_mask=per_latent_frame(batch["box_mask"]),
+                intrinsics=batch["intrinsics"][:, 0].to(device), cam_to_ego=batch["cam_to_ego"][:, 0].to(device))
+    return x0, frames, control, cond
+
+
+def tiny_vae():
+    """The randomly initialised Wan 2.1-layout VAE the embedded default trains with (frozen)."""
+    from chopgrad_core.testing import tiny_wan21
+
+    return tiny_wan21().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        tc = cfg.trainer
+        self.device = torch.device("cuda" if tc.device == "auto" and torch.cuda.is_available()
+                                   else ("cpu" if tc.device == "auto" else tc.device))
+        torch.manual_seed(tc.seed)
+        store = ensure_store(cfg)
+        self.data = ClipDataset(store, clip_length=cfg.data.clip_length, image_size=cfg.data.image_size,
+                                sampling="random", datasets=cfg.data.datasets)
+        if len(self.data.cameras) > cfg.model.max_cameras:
+            raise TrainConfigError(f"the store has {len(self.data.cameras)} cameras; raise model.max_cameras")
+        self.vae = tiny_vae().to(self.device)
+        self.space = LatentSpace(self.vae)
+        self.decoder = chopgrad_core.wrap(self.vae)
+        self.model = ControlledWan(cfg.model).to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.out = Path(tc.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.history: list[dict[str, float]] = []
+
+    def loader(self):
+        g = torch.Generator().manual_seed(self.cfg.trainer.seed)
+        kw = dict(multiprocessing_context="spawn") if self.cfg.data.num_workers else {}
+        while True:
+            yield from torch.utils.data.DataLoader(self.data, batch_size=self.cfg.data.batch_size, shuffle=True,
+                                                   generator=g, num_workers=self.cfg.data.num_workers, **kw)
+
+    def train_step(self, batch: dict, step: int) -> dict[str, float]:
+        x0, frames, control, cond = prepare(batch, self.vae, self.space, self.device)
+        gen = torch.Generator().manual_seed(self.cfg.trainer.seed * 1_000_003 + step)
+        out = losses(self.model, self.decoder, self.space, x0, frames, control, cond, self.cfg.objective,
+                     self.cfg.chopgrad, gen)
+        if not torch.isfinite(out["total"]):
+            raise TrainConfigError(f"non-finite loss at step {step}: {float(out['total'])}; lower trainer.lr "
+                                   f"(={self.cfg.trainer.lr}); the last checkpoint in {self.out} is kept")
+        self.opt.zero_grad(set_to_none=True)
+        out["total"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)
+        self.opt.step()
+        return {k: float(v.detach()) for k, v in out.items()} | {"grad_norm": float(grad_norm)}
+
+    def train(self) -> dict:
+        tc = self.cfg.trainer
+        t0 = time.perf_counter()
+        batches = self.loader()
+        bar = tqdm(range(tc.steps), desc="train", unit="step")
+        for step in bar:
+            record = self.train_step(next(batches), step)
+            self.history.append(record)
+            bar.set_postfix(flow=f"{record['flow']:.3f}", pixel=f"{record.get('pixel', 0):.3f}")
+        summary = self.save(time.perf_counter() - t0)
+        print(json.dumps(summary, indent=2))
+        return summary
+
+    def save(self, seconds: float) -> dict:
+        # Atomic: a half-written checkpoint never replaces a good one.
+        path = self.out / "model.safetensors"
+        tmp = path.with_suffix(".partial")
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(tmp),
+                  metadata={"config": json.dumps(asdict(self.cfg), default=str)})
+        os.replace(tmp, path)
+        (self.out / "history.json").write_text(json.dumps(self.history))
+        self.plot(self.out / "loss.png")
+        first, last = self.history[: max(1, len(self.history) // 10)], self.history[-max(1, len(self.history) // 10):]
+        mean = lambda rows, key: sum(r.get(key, math.nan) for r in rows) / len(rows)  # noqa: E731
+        return {"steps": len(self.history), "seconds": round(seconds, 1), "checkpoint": str(path),
+                "flow_first": mean(first, "flow"), "flow_last": mean(last, "flow"),
+                "pixel_first": mean(first, "pixel"), "pixel_last": mean(last, "pixel")}
+
+    def plot(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        for key in ("flow", "pixel"):
+            ys = [r[key] for r in self.history if key in r]
+            if ys:
+                k = max(1, len(ys) // 20)
+                smooth = [sum(ys[max(0, i - k):i + 1]) / len(ys[max(0, i - k):i + 1]) for i in range(len(ys))]
+                (line,) = ax.plot(smooth, label=key)
+                ax.plot(ys, alpha=0.3, color=line.get_color())
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_yscale("log")
+        ax.legend()
+        ax.set_title("drivegen.train")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
