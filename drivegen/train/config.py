@@ -55,8 +55,10 @@ class TrainerConfig:
     """cpu, cuda, or auto (cuda when available)."""
     out: str = "outputs/train"
     """Checkpoint, loss curve and logs go here."""
-    log_every: int = 10
-    """Steps between log lines."""
+    save_every: int = 0
+    """Steps between checkpoints (0: only at the end). Each replaces out/checkpoint atomically."""
+    resume: Optional[str] = None
+    """A checkpoint folder to continue from, ``auto`` (out/checkpoint), or null."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.lr <= 0:

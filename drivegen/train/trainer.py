@@ -13,8 +13,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import shutil
+
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import chopgrad_core
@@ -112,7 +115,7 @@ class Trainer:
         torch.manual_seed(tc.seed)
         store = ensure_store(cfg)
         self.data = ClipDataset(store, clip_length=cfg.data.clip_length, image_size=cfg.data.image_size,
-                                sampling="random", datasets=cfg.data.datasets)
+                                sampling="sequential", datasets=cfg.data.datasets)
         if len(self.data.cameras) > cfg.model.max_cameras:
             raise TrainConfigError(f"the store has {len(self.data.cameras)} cameras; raise model.max_cameras")
         self.vae = tiny_vae().to(self.device)
@@ -123,13 +126,26 @@ class Trainer:
         self.out = Path(tc.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.history: list[dict[str, float]] = []
+        self.step = 0
+        if tc.resume:
+            self.load_checkpoint(self.out / "checkpoint" if tc.resume == "auto" else Path(tc.resume))
 
-    def loader(self):
-        g = torch.Generator().manual_seed(self.cfg.trainer.seed)
+    def batches(self):
+        """Batches from ``self.step`` on: the order is a function of (seed, epoch), so a resumed
+        run sees exactly the batches the uninterrupted one would have."""
+        n, bs = len(self.data), self.cfg.data.batch_size
+        per_epoch = max(1, n // bs)
         kw = dict(multiprocessing_context="spawn") if self.cfg.data.num_workers else {}
+        step = self.step
         while True:
-            yield from torch.utils.data.DataLoader(self.data, batch_size=self.cfg.data.batch_size, shuffle=True,
-                                                   generator=g, num_workers=self.cfg.data.num_workers, **kw)
+            epoch, offset = divmod(step, per_epoch)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.trainer.seed + epoch))
+            indices = order[offset * bs : per_epoch * bs].tolist()
+            loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.data, indices), batch_size=bs,
+                                                 num_workers=self.cfg.data.num_workers, **kw)
+            for batch in loader:
+                yield batch
+                step += 1
 
     def train_step(self, batch: dict, step: int) -> dict[str, float]:
         x0, frames, control, cond = prepare(batch, self.vae, self.space, self.device)
@@ -148,28 +164,67 @@ class Trainer:
     def train(self) -> dict:
         tc = self.cfg.trainer
         t0 = time.perf_counter()
-        batches = self.loader()
-        bar = tqdm(range(tc.steps), desc="train", unit="step")
+        batches = self.batches()
+        bar = tqdm(range(self.step, tc.steps), desc="train", unit="step", initial=self.step, total=tc.steps)
         for step in bar:
             record = self.train_step(next(batches), step)
             self.history.append(record)
+            self.step = step + 1
             bar.set_postfix(flow=f"{record['flow']:.3f}", pixel=f"{record.get('pixel', 0):.3f}")
-        summary = self.save(time.perf_counter() - t0)
+            if tc.save_every and self.step % tc.save_every == 0:
+                self.save_checkpoint()
+        self.save_checkpoint()
+        summary = self.summary(time.perf_counter() - t0)
         print(json.dumps(summary, indent=2))
         return summary
 
-    def save(self, seconds: float) -> dict:
-        # Atomic: a half-written checkpoint never replaces a good one.
-        path = self.out / "model.safetensors"
-        tmp = path.with_suffix(".partial")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(tmp),
-                  metadata={"config": json.dumps(asdict(self.cfg), default=str)})
-        os.replace(tmp, path)
+    # -- checkpoints: safetensors, written to a temp folder and renamed into place -------------
+
+    def save_checkpoint(self) -> Path:
+        final = self.out / "checkpoint"
+        tmp = self.out / "checkpoint.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        meta = {"step": str(self.step), "model_config": json.dumps(asdict(self.cfg.model)),
+                "config": json.dumps(asdict(self.cfg), default=str)}
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                  str(tmp / "model.safetensors"), metadata=meta)
+        tensors, layout = _flatten_optimizer(self.opt.state_dict())
+        save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"layout": json.dumps(layout)})
+        (tmp / "history.json").write_text(json.dumps(self.history))
+        old = self.out / "checkpoint.old"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
         (self.out / "history.json").write_text(json.dumps(self.history))
         self.plot(self.out / "loss.png")
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        model_file = path / "model.safetensors"
+        if not model_file.is_file():
+            raise TrainConfigError(f"trainer.resume={str(path)!r}: no checkpoint there (expected {model_file}); "
+                                   "set trainer.resume to a checkpoint folder, auto, or null")
+        with safe_open(str(model_file), "pt") as f:
+            meta = f.metadata()
+        saved = json.loads(meta["model_config"])
+        diff = {k: (v, getattr(self.cfg.model, k, None)) for k, v in saved.items() if getattr(self.cfg.model, k, None) != v}
+        if diff:
+            key, (was, now) = next(iter(diff.items()))
+            raise TrainConfigError(f"checkpoint {path} was trained with model.{key}={was!r}, this run has {now!r}; "
+                                   f"set model.{key}={was!r} (differences: {sorted(diff)})")
+        self.model.load_state_dict(load_file(str(model_file)))
+        with safe_open(str(path / "optimizer.safetensors"), "pt") as f:
+            layout = json.loads(f.metadata()["layout"])
+        self.opt.load_state_dict(_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), layout))
+        self.step = int(meta["step"])
+        self.history = json.loads((path / "history.json").read_text())
+
+    def summary(self, seconds: float) -> dict:
         first, last = self.history[: max(1, len(self.history) // 10)], self.history[-max(1, len(self.history) // 10):]
         mean = lambda rows, key: sum(r.get(key, math.nan) for r in rows) / len(rows)  # noqa: E731
-        return {"steps": len(self.history), "seconds": round(seconds, 1), "checkpoint": str(path),
+        return {"steps": self.step, "seconds": round(seconds, 1), "checkpoint": str(self.out / "checkpoint"),
                 "flow_first": mean(first, "flow"), "flow_last": mean(last, "flow"),
                 "pixel_first": mean(first, "pixel"), "pixel_last": mean(last, "pixel")}
 
@@ -195,3 +250,23 @@ class Trainer:
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state dict as flat tensors (safetensors holds tensors only) plus a JSON layout."""
+    tensors, layout = {}, {"param_groups": state["param_groups"], "state": {}}
+    for pid, entry in state["state"].items():
+        layout["state"][str(pid)] = {}
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{name}"] = value.detach().cpu().contiguous()
+                layout["state"][str(pid)][name] = None
+            else:
+                layout["state"][str(pid)][name] = value
+    return tensors, layout
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], layout: dict) -> dict:
+    state = {int(pid): {name: tensors[f"{pid}.{name}"] if value is None else value for name, value in entry.items()}
+             for pid, entry in layout["state"].items()}
+    return {"state": state, "param_groups": layout["param_groups"]}

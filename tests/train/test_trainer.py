@@ -12,6 +12,43 @@ from drivegen.train import DataConfig, TrainConfig, Trainer, TrainerConfig
 from drivegen.train.config import TrainConfigError
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Sample logs and a 32x48 clip store, made once: the trainer's own ensure_store builds it."""
+    root = tmp_path_factory.mktemp("train")
+    generate_sample_logs(root / "logs")
+    data = DataConfig(logs=str(root / "logs"), store=str(root / "clips.zarr"), image_size=[32, 48])
+    from drivegen.train.trainer import ensure_store
+
+    ensure_store(TrainConfig(data=data))
+    return data
+
+
+class TestResume:
+    """trainer.resume continues exactly: the losses after resuming equal the uninterrupted run's."""
+
+    def test_resumed_losses_equal_uninterrupted(self, store, tmp_path):
+        def run(steps, out, resume=None):
+            cfg = TrainConfig(data=store, trainer=TrainerConfig(steps=steps, lr=3e-3, out=str(out), resume=resume))
+            trainer = Trainer(cfg)
+            trainer.train()
+            return trainer.history
+
+        straight = run(6, tmp_path / "a")
+        run(3, tmp_path / "b")
+        resumed = run(6, tmp_path / "b", resume="auto")
+        assert [r["total"] for r in resumed] == [r["total"] for r in straight]
+
+    def test_checkpoint_from_another_model_config_names_the_key(self, store, tmp_path):
+        Trainer(TrainConfig(data=store, trainer=TrainerConfig(steps=1, out=str(tmp_path)))).train()
+        from drivegen.model import ModelConfig
+
+        cfg = TrainConfig(data=store, model=ModelConfig(num_layers=3),
+                          trainer=TrainerConfig(steps=2, out=str(tmp_path), resume="auto"))
+        with pytest.raises(TrainConfigError, match=r"model.num_layers=2"):
+            Trainer(cfg)
+
+
 class TestTrainer:
     """From sample logs alone, the trainer builds the store, trains, and writes a checkpoint, a loss
     history and a loss curve; the flow-matching loss falls."""
@@ -26,7 +63,8 @@ class TestTrainer:
         summary = Trainer(cfg).train()
         assert summary["flow_last"] < 0.9 * summary["flow_first"]
         out = tmp_path / "out"
-        assert load_file(out / "model.safetensors")
+        assert load_file(out / "checkpoint" / "model.safetensors")
+        assert load_file(out / "checkpoint" / "optimizer.safetensors")
         assert len(json.loads((out / "history.json").read_text())) == 30
         assert (out / "loss.png").stat().st_size > 0
 
