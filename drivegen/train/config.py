@@ -55,6 +55,8 @@ class TrainerConfig:
     """cpu, cuda, or auto (cuda when available)."""
     out: str = "outputs/train"
     """Checkpoint, loss curve and logs go here."""
+    sample_steps: int = 20
+    """Sampler steps for the videos written after training (0: no videos)."""
     save_every: int = 0
     """Steps between checkpoints (0: only at the end). Each replaces out/checkpoint atomically."""
     resume: Optional[str] = None

@@ -22,7 +22,11 @@ from tqdm import tqdm
 
 import chopgrad_core
 import conditions
+import imageio.v2 as imageio
+
 from drivegen.dataset import ClipDataset
+from drivegen.generate.sampler import sample_latents
+from drivegen.video import mosaic, to_uint8, write_mp4
 from drivegen.model import ControlledWan, pool_layout
 from drivegen.objective import LatentSpace, losses
 from drivegen.train.config import TrainConfig, TrainConfigError
@@ -175,8 +179,34 @@ class Trainer:
                 self.save_checkpoint()
         self.save_checkpoint()
         summary = self.summary(time.perf_counter() - t0)
+        if tc.sample_steps:
+            summary["samples"] = self.write_samples()
         print(json.dumps(summary, indent=2))
         return summary
+
+    @torch.no_grad()
+    def write_samples(self, index: int = 0) -> dict:
+        """Generate clip ``index``'s video from its conditions; write mp4s per camera and a mosaic
+        (generated / control / ground truth) under out/samples."""
+        batch = torch.utils.data.default_collate([self.data[index]])
+        x0, frames, control, cond = prepare(batch, self.vae, self.space, self.device)
+        self.model.eval()
+        latents = sample_latents(self.model, control, cond, tuple(x0.shape), tuple(frames.shape[-2:]),
+                                 steps=self.cfg.trainer.sample_steps, seed=self.cfg.trainer.seed)
+        self.model.train()
+        b, k = latents.shape[:2]
+        video = chopgrad_core.decode(self.decoder, self.space.denormalise(latents.flatten(0, 1)))  # (K, 3, T, H, W)
+        generated = to_uint8(video.transpose(1, 2))  # (K, T, H, W, 3)
+        truth = to_uint8(frames[0].transpose(1, 2))
+        controls = to_uint8(batch["control"][0].transpose(0, 1))  # (K, T, H, W, 3)
+        folder = self.out / "samples"
+        for i, name in enumerate(self.data.cameras):
+            write_mp4(folder / f"{name}.mp4", generated[i])
+        grid = mosaic([generated.swapaxes(0, 1), controls.swapaxes(0, 1), truth.swapaxes(0, 1)])
+        write_mp4(folder / "mosaic.mp4", grid)
+        imageio.imwrite(folder / "mosaic_frame0.png", grid[0])
+        l1 = float((video - frames[0].to(video)).abs().mean())
+        return {"folder": str(folder), "l1_to_ground_truth": round(l1, 4)}
 
     # -- checkpoints: safetensors, written to a temp folder and renamed into place -------------
 

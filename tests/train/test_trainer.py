@@ -29,7 +29,8 @@ class TestResume:
 
     def test_resumed_losses_equal_uninterrupted(self, store, tmp_path):
         def run(steps, out, resume=None):
-            cfg = TrainConfig(data=store, trainer=TrainerConfig(steps=steps, lr=3e-3, out=str(out), resume=resume))
+            cfg = TrainConfig(data=store, trainer=TrainerConfig(steps=steps, lr=3e-3, out=str(out), resume=resume,
+                                                                  sample_steps=0))
             trainer = Trainer(cfg)
             trainer.train()
             return trainer.history
@@ -40,7 +41,7 @@ class TestResume:
         assert [r["total"] for r in resumed] == [r["total"] for r in straight]
 
     def test_checkpoint_from_another_model_config_names_the_key(self, store, tmp_path):
-        Trainer(TrainConfig(data=store, trainer=TrainerConfig(steps=1, out=str(tmp_path)))).train()
+        Trainer(TrainConfig(data=store, trainer=TrainerConfig(steps=1, out=str(tmp_path), sample_steps=0))).train()
         from drivegen.model import ModelConfig
 
         cfg = TrainConfig(data=store, model=ModelConfig(num_layers=3),
@@ -58,7 +59,7 @@ class TestTrainer:
         generate_sample_logs(logs)
         cfg = TrainConfig(
             data=DataConfig(logs=str(logs), store=str(tmp_path / "clips.zarr"), image_size=[32, 48]),
-            trainer=TrainerConfig(steps=30, lr=3e-3, out=str(tmp_path / "out")),
+            trainer=TrainerConfig(steps=30, lr=3e-3, out=str(tmp_path / "out"), sample_steps=2),
         )
         summary = Trainer(cfg).train()
         assert summary["flow_last"] < 0.9 * summary["flow_first"]
@@ -67,6 +68,8 @@ class TestTrainer:
         assert load_file(out / "checkpoint" / "optimizer.safetensors")
         assert len(json.loads((out / "history.json").read_text())) == 30
         assert (out / "loss.png").stat().st_size > 0
+        samples = out / "samples"
+        assert (samples / "mosaic.mp4").stat().st_size > 0 and (samples / "CAM_FRONT.mp4").stat().st_size > 0
 
     def test_clip_length_must_fit_the_vae(self):
         with pytest.raises(TrainConfigError, match=r"data.clip_length=6 must be 1 \+ 4k"):

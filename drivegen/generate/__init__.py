@@ -1,0 +1,1 @@
+"""Generation: the flow-matching sampler and video writing (scenario pipelines land with the generation issue)."""
