@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hardware import cpu_model  # noqa: E402  (benchmarks/hardware.py, beside this script)
 
 from conditions.demo import make_demo_scene  # noqa: E402
 from conditions.geometry import assign_slots, box_corners, camera_view, project_boxes  # noqa: E402
@@ -43,15 +44,6 @@ from conditions.render import render_frame  # noqa: E402
 
 IMAGE_SIZE = (256, 448)
 NUM_BOXES = 60
-
-
-def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    return match.group(1).strip() if match else "unknown"
 
 
 def quietest_cpu(cpus: list[int], sample_s: float = 0.5) -> int:

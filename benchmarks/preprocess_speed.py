@@ -42,20 +42,12 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hardware import cpu_model  # noqa: E402  (benchmarks/hardware.py, beside this script)
 
 from drivegen.preprocess import load_config, run  # noqa: E402
 
 SCENARIOS = {"workers_1": 1, "workers_2": 2}
 OVERRIDES = ["conditions.image_size=[256,448]", "clip.length=8", "clip.stride=2", "progress=false"]
-
-
-def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    return match.group(1).strip() if match else "unknown"
 
 
 def one_round(logs: str, workers: int, scratch: Path) -> dict[str, float]:
