@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -146,6 +147,9 @@ class ModelConfig:
     """Largest latent frame count the box-token frame embedding supports."""
     num_text_tokens: int = 1
     """Learned null tokens used in place of text when no text embeddings are given."""
+    pretrained: Optional[str] = None
+    """Local diffusers-format folder with ``transformer/`` (WanVACETransformer3DModel) and ``vae/``
+    (AutoencoderKLWan); the sizes above are then taken from it. Never downloaded."""
 
     def __post_init__(self) -> None:
         if 0 not in self.vace_layers or max(self.vace_layers) >= self.num_layers:
@@ -159,7 +163,7 @@ class ControlledWan(nn.Module):
     def __init__(self, config: ModelConfig, transformer: WanVACETransformer3DModel | None = None) -> None:
         super().__init__()
         self.config = config
-        d = config.text_dim
+        d = transformer.config.text_dim if transformer is not None else config.text_dim
         self.transformer = transformer or WanVACETransformer3DModel(
             num_attention_heads=config.num_attention_heads, attention_head_dim=config.attention_head_dim,
             in_channels=config.latent_channels, out_channels=config.latent_channels, text_dim=d,

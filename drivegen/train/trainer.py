@@ -105,6 +105,19 @@ def tiny_vae():
     return tiny_wan21().requires_grad_(False)
 
 
+def load_pretrained(folder: str):
+    """Transformer and VAE from a local diffusers-format folder; a missing part names model.pretrained."""
+    from diffusers import AutoencoderKLWan, WanVACETransformer3DModel
+
+    root = Path(folder)
+    for part in ("transformer", "vae"):
+        if not (root / part / "config.json").is_file():
+            raise TrainConfigError(f"model.pretrained={folder!r} has no {part}/config.json; point model.pretrained at "
+                                   "a local folder with transformer/ and vae/ (diffusers save_pretrained layout)")
+    return (WanVACETransformer3DModel.from_pretrained(root / "transformer", local_files_only=True),
+            AutoencoderKLWan.from_pretrained(root / "vae", local_files_only=True))
+
+
 # ----------------------------------------------------------------------------------------------
 # Trainer
 # ----------------------------------------------------------------------------------------------
@@ -122,10 +135,11 @@ class Trainer:
                                 sampling="sequential", datasets=cfg.data.datasets)
         if len(self.data.cameras) > cfg.model.max_cameras:
             raise TrainConfigError(f"the store has {len(self.data.cameras)} cameras; raise model.max_cameras")
-        self.vae = tiny_vae().to(self.device)
+        transformer, vae = load_pretrained(cfg.model.pretrained) if cfg.model.pretrained else (None, tiny_vae())
+        self.vae = vae.requires_grad_(False).to(self.device)
         self.space = LatentSpace(self.vae)
         self.decoder = chopgrad_core.wrap(self.vae)
-        self.model = ControlledWan(cfg.model).to(self.device)
+        self.model = ControlledWan(cfg.model, transformer).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.out = Path(tc.out)
         self.out.mkdir(parents=True, exist_ok=True)

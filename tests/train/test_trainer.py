@@ -74,3 +74,29 @@ class TestTrainer:
     def test_clip_length_must_fit_the_vae(self):
         with pytest.raises(TrainConfigError, match=r"data.clip_length=6 must be 1 \+ 4k"):
             DataConfig(clip_length=6)
+
+
+class TestPretrained:
+    """model.pretrained loads transformer and VAE from a local diffusers folder, unchanged."""
+
+    def test_local_folder_loads_unchanged(self, store, tmp_path):
+        import torch
+        from chopgrad_core.testing import tiny_wan21
+        from drivegen.model import ControlledWan, ModelConfig
+
+        source = ControlledWan(ModelConfig())
+        source.transformer.save_pretrained(tmp_path / "pre" / "transformer")
+        tiny_wan21().save_pretrained(tmp_path / "pre" / "vae")
+        cfg = TrainConfig(data=store, model=ModelConfig(pretrained=str(tmp_path / "pre")),
+                          trainer=TrainerConfig(steps=1, out=str(tmp_path / "out"), sample_steps=0))
+        trainer = Trainer(cfg)
+        for (name, a), b in zip(source.transformer.state_dict().items(), trainer.model.transformer.state_dict().values()):
+            assert torch.equal(a, b.cpu()), name
+
+    def test_missing_folder_names_the_key(self, store, tmp_path):
+        from drivegen.model import ModelConfig
+
+        cfg = TrainConfig(data=store, model=ModelConfig(pretrained=str(tmp_path / "nowhere")),
+                          trainer=TrainerConfig(steps=1, out=str(tmp_path / "out")))
+        with pytest.raises(TrainConfigError, match=r"model.pretrained=.*transformer/config.json"):
+            Trainer(cfg)
