@@ -55,6 +55,14 @@ class TrainerConfig:
     """cpu, cuda, or auto (cuda when available)."""
     out: str = "outputs/train"
     """Checkpoint, loss curve and logs go here."""
+    grad_accum: int = 1
+    """Batches whose gradients add up before each optimizer step."""
+    ema: Optional[float] = None
+    """EMA decay of the model weights (e.g. 0.999), saved beside the checkpoint; null: off."""
+    mixed_precision: str = "bf16"
+    """bf16 autocast on CUDA (ignored on the CPU) or no."""
+    gradient_checkpointing: bool = False
+    """Checkpoint the transformer's blocks (diffusers' own gradient checkpointing)."""
     sample_steps: int = 20
     """Sampler steps for the videos written after training (0: no videos)."""
     save_every: int = 0
@@ -65,6 +73,12 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.lr <= 0:
             raise TrainConfigError("trainer.steps must be >= 1 and trainer.lr > 0")
+        if self.grad_accum < 1:
+            raise TrainConfigError(f"trainer.grad_accum={self.grad_accum} must be >= 1")
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise TrainConfigError(f"trainer.ema={self.ema} must be in (0, 1) or null")
+        if self.mixed_precision not in ("bf16", "no"):
+            raise TrainConfigError(f"trainer.mixed_precision={self.mixed_precision!r}: choose bf16 or no")
 
 
 @dataclass(kw_only=True)

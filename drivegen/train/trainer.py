@@ -140,7 +140,11 @@ class Trainer:
         self.space = LatentSpace(self.vae)
         self.decoder = chopgrad_core.wrap(self.vae)
         self.model = ControlledWan(cfg.model, transformer).to(self.device)
+        if tc.gradient_checkpointing:
+            self.model.transformer.enable_gradient_checkpointing()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.ema = (torch.optim.swa_utils.AveragedModel(
+            self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(tc.ema)) if tc.ema else None)
         self.out = Path(tc.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.history: list[dict[str, float]] = []
@@ -154,7 +158,7 @@ class Trainer:
         n, bs = len(self.data), self.cfg.data.batch_size
         per_epoch = max(1, n // bs)
         kw = dict(multiprocessing_context="spawn") if self.cfg.data.num_workers else {}
-        step = self.step
+        step = self.step * self.cfg.trainer.grad_accum  # batches consumed so far
         while True:
             epoch, offset = divmod(step, per_epoch)
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.trainer.seed + epoch))
@@ -165,19 +169,31 @@ class Trainer:
                 yield batch
                 step += 1
 
-    def train_step(self, batch: dict, step: int) -> dict[str, float]:
-        x0, frames, control, cond = prepare(batch, self.vae, self.space, self.device)
-        gen = torch.Generator().manual_seed(self.cfg.trainer.seed * 1_000_003 + step)
-        out = losses(self.model, self.decoder, self.space, x0, frames, control, cond, self.cfg.objective,
-                     self.cfg.chopgrad, gen)
-        if not torch.isfinite(out["total"]):
-            raise TrainConfigError(f"non-finite loss at step {step}: {float(out['total'])}; lower trainer.lr "
-                                   f"(={self.cfg.trainer.lr}); the last checkpoint in {self.out} is kept")
+    def train_step(self, batches, step: int) -> dict[str, float]:
+        """batch -> forward -> flow-matching + ChopGrad pixel loss -> (accumulate) -> clip -> step -> log."""
+        tc = self.cfg.trainer
         self.opt.zero_grad(set_to_none=True)
-        out["total"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)
+        totals: dict[str, float] = {}
+        for micro in range(tc.grad_accum):
+            x0, frames, control, cond = prepare(next(batches), self.vae, self.space, self.device)
+            gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + step * tc.grad_accum + micro)
+            # bf16 autocast on the GPU; the pixel loss and flow loss are reduced in float32 inside.
+            autocast = torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"
+                                      and tc.mixed_precision == "bf16")
+            with autocast:
+                out = losses(self.model, self.decoder, self.space, x0, frames, control, cond, self.cfg.objective,
+                             self.cfg.chopgrad, gen)
+            if not torch.isfinite(out["total"]):
+                raise TrainConfigError(f"non-finite loss at step {step}: {float(out['total'])}; lower trainer.lr "
+                                       f"(={tc.lr}); the last checkpoint in {self.out} is kept")
+            (out["total"] / tc.grad_accum).backward()
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach()) / tc.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.opt.step()
-        return {k: float(v.detach()) for k, v in out.items()} | {"grad_norm": float(grad_norm)}
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return totals | {"grad_norm": float(grad_norm)}
 
     def train(self) -> dict:
         tc = self.cfg.trainer
@@ -185,7 +201,7 @@ class Trainer:
         batches = self.batches()
         bar = tqdm(range(self.step, tc.steps), desc="train", unit="step", initial=self.step, total=tc.steps)
         for step in bar:
-            record = self.train_step(next(batches), step)
+            record = self.train_step(batches, step)
             self.history.append(record)
             self.step = step + 1
             bar.set_postfix(flow=f"{record['flow']:.3f}", pixel=f"{record.get('pixel', 0):.3f}")
@@ -233,6 +249,9 @@ class Trainer:
                 "config": json.dumps(asdict(self.cfg), default=str)}
         save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
                   str(tmp / "model.safetensors"), metadata=meta)
+        if self.ema is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.ema.module.state_dict().items()},
+                      str(tmp / "ema.safetensors"), metadata={"n_averaged": str(int(self.ema.n_averaged))})
         tensors, layout = _flatten_optimizer(self.opt.state_dict())
         save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"layout": json.dumps(layout)})
         (tmp / "history.json").write_text(json.dumps(self.history))
@@ -263,6 +282,10 @@ class Trainer:
             layout = json.loads(f.metadata()["layout"])
         self.opt.load_state_dict(_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), layout))
         self.step = int(meta["step"])
+        if self.ema is not None and (path / "ema.safetensors").is_file():
+            self.ema.module.load_state_dict(load_file(str(path / "ema.safetensors")))
+            with safe_open(str(path / "ema.safetensors"), "pt") as f:
+                self.ema.n_averaged.fill_(int(f.metadata()["n_averaged"]))
         self.history = json.loads((path / "history.json").read_text())
 
     def summary(self, seconds: float) -> dict:
