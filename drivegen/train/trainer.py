@@ -25,6 +25,7 @@ import conditions
 import imageio.v2 as imageio
 
 from drivegen.dataset import ClipDataset
+from drivegen.errors import DrivegenError
 from drivegen.generate.sampler import sample_latents
 from drivegen.video import mosaic, to_uint8, write_mp4
 from drivegen.model import ControlledWan, pool_layout
@@ -131,8 +132,13 @@ class Trainer:
                                    else ("cpu" if tc.device == "auto" else tc.device))
         torch.manual_seed(tc.seed)
         store = ensure_store(cfg)
-        self.data = ClipDataset(store, clip_length=cfg.data.clip_length, image_size=cfg.data.image_size,
-                                sampling="sequential", datasets=cfg.data.datasets)
+        try:
+            self.data = ClipDataset(store, clip_length=cfg.data.clip_length, image_size=cfg.data.image_size,
+                                    sampling="sequential", datasets=cfg.data.datasets)
+        except DrivegenError as exc:  # the dataset's words, translated to this job's config keys
+            raise TrainConfigError(f"data.store={str(store)!r} does not fit this run: {exc} (here the keys are "
+                                   "data.image_size, data.clip_length and data.datasets; or point data.store at a "
+                                   "new path to preprocess one that fits)") from None
         if len(self.data.cameras) > cfg.model.max_cameras:
             raise TrainConfigError(f"the store has {len(self.data.cameras)} cameras; raise model.max_cameras")
         transformer, vae = load_pretrained(cfg.model.pretrained) if cfg.model.pretrained else (None, tiny_vae())

@@ -76,6 +76,11 @@ class TestTrainer:
         samples = out / "samples"
         assert (samples / "mosaic.mp4").stat().st_size > 0 and (samples / "CAM_FRONT.mp4").stat().st_size > 0
 
+    def test_store_of_another_resolution_names_the_keys(self, store, tmp_path):
+        data = DataConfig(logs=store.logs, store=store.store, image_size=[64, 96])
+        with pytest.raises(TrainConfigError, match=r"data.store=.*written at \(32, 48\).*data.image_size"):
+            Trainer(TrainConfig(data=data, trainer=TrainerConfig(steps=1, out=str(tmp_path))))
+
     def test_clip_length_must_fit_the_vae(self):
         with pytest.raises(TrainConfigError, match=r"data.clip_length=6 must be 1 \+ 4k"):
             DataConfig(clip_length=6)
