@@ -220,6 +220,7 @@ class _Plan:
     offload_cache: bool
     tile: tuple[int, int] | None
     tile_halo: int
+    offloader: "_CacheOffloader | None" = None  # made once per call: its pinned buffers serve every camera
 
 
 class _TruncatedLoss(torch.autograd.Function):
@@ -281,8 +282,10 @@ def _run_windows(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, nee
     value = torch.zeros((), dtype=torch.float32, device=leaf.device)
     windows = _windows(plan.mode, plan.window, len(groups), need_grad)
     # Offloading pays only when the next window starts where this one stops (D = 0, block).
-    offloader = _CacheOffloader(leaf.device) if plan.offload_cache and need_grad and all(
-        w.start == (windows[n - 1].stop if n else 0) for n, w in enumerate(windows)) else None
+    offloader = None
+    if plan.offload_cache and need_grad and all(w.start == (windows[n - 1].stop if n else 0)
+                                                for n, w in enumerate(windows)):
+        plan.offloader = offloader = plan.offloader or _CacheOffloader(leaf.device)
     for n, win in enumerate(windows):
         next_start = windows[n + 1].start if n + 1 < len(windows) else len(groups)
         # A snapshot no later window starts from is handed over, so it is freed while decoding.
