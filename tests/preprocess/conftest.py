@@ -15,8 +15,6 @@ import preprocess_logs  # noqa: E402
 @pytest.fixture(scope="session")
 def logs(tmp_path_factory):
     """{"good": [refs], "corrupt": ref, "stripped": ref, "opener": callable or None}: the sample
-    logs (stand-ins from conditions.demo only while the ingest readers are missing)."""
+    logs of drivegen.sample_data and their corrupt and image-less variants."""
     root = tmp_path_factory.mktemp("logs")
-    if preprocess_logs.readers_available():
-        return preprocess_logs.sample_logs(root)
-    return preprocess_logs.demo_logs(root)
+    return preprocess_logs.sample_logs(root)

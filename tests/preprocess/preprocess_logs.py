@@ -1,31 +1,15 @@
 """Logs for the preprocessing tests: the project's sample logs (drivegen.sample_data), variants of
 them (a corrupt copy, a Waymo segment stripped of its images), and an opener that kills its
 worker process once. Imported by Ray workers too (the tests put this folder on PYTHONPATH).
-
-When the ingest readers are not importable, `demo_logs` gives stand-ins built from
-conditions.demo with the same LogReader interface, so that the pipeline stays testable.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from drivegen.errors import LogError
-
-
-def readers_available() -> bool:
-    try:
-        import drivegen.ingest.nuscenes  # noqa: F401
-        import drivegen.ingest.waymo  # noqa: F401
-        from drivegen.sample_data import generate_sample_logs  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 # -- real sample logs ------------------------------------------------------------------------
@@ -66,53 +50,6 @@ def sample_logs(root: Path) -> dict:
         "corrupt": discover_logs(bad_dir)[0],
         "stripped": discover_logs(stripped_dir)[0],
         "opener": None,
-    }
-
-
-# -- stand-ins from conditions.demo (only while the readers are missing) ---------------------
-
-
-@dataclass(frozen=True)
-class DemoRef:
-    kind: str
-    path: str
-    name: str
-    version: str | None = None
-
-
-def _demo_ref(name: str, frames: int, images: bool = True, corrupt: bool = False) -> DemoRef:
-    return DemoRef("nuscenes", f"demo://{name}?frames={frames}&images={int(images)}&corrupt={int(corrupt)}", name)
-
-
-class DemoReader:
-    def __init__(self, ref: DemoRef):
-        from conditions.demo import make_demo_scene
-
-        q = {k: v[0] for k, v in parse_qs(urlparse(ref.path).query).items()}
-        if int(q["corrupt"]):
-            raise LogError(ref.name, "data CRC mismatch in the record at byte offset 1234")
-        self.ref = ref
-        self.scene = make_demo_scene(num_agents=20, num_frames=int(q["frames"]))
-        self.has_images = bool(int(q["images"]))
-
-    def image(self, camera: str, frame: int) -> np.ndarray:
-        if not self.has_images:
-            raise LogError(self.ref.name, "no images")
-        H, W = next(c for c in self.scene.cameras if c.name == camera).image_size
-        value = (frame * 37 + self.scene.camera_names.index(camera) * 11) % 256
-        return np.full((H // 8, W // 8, 3), value, dtype=np.uint8)
-
-
-def open_demo_log(ref):
-    return DemoReader(ref)
-
-
-def demo_logs(root: Path) -> dict:
-    return {
-        "good": [_demo_ref("demo-a", 20), _demo_ref("demo-b", 12)],
-        "corrupt": _demo_ref("demo-corrupt", 12, corrupt=True),
-        "stripped": _demo_ref("demo-no-images", 12, images=False),
-        "opener": open_demo_log,
     }
 
 
