@@ -36,3 +36,23 @@ class PreprocessConfigError(DrivegenError):
 
 class DatasetConfigError(DrivegenError):
     """A `drivegen.dataset.ClipDataset` argument does not fit the store (the message lists what it holds)."""
+
+
+class ScenarioError(DrivegenError):
+    """A generation scenario is invalid: names the scenario, the agent and the field.
+
+    Attributes:
+        scenario: scenario name (or file).
+        agent: the agent the problem is about ('ego', a source track id, an inserted agent's id), or None.
+        field: the scenario field, e.g. ``insert[0].waypoints[2].t``.
+        reason: what is wrong and how to fix it.
+    """
+
+    def __init__(self, scenario: str, agent: str | None, field: str, reason: str):
+        self.scenario, self.agent, self.field, self.reason = scenario, agent, field, reason
+        who = f"agent {agent!r}, " if agent is not None else ""
+        super().__init__(f"scenario {scenario!r}: {who}field {field}: {reason}")
+
+
+class GenerateConfigError(DrivegenError):
+    """A `drivegen.generate` setting is invalid or does not fit the checkpoint (the message names the key)."""

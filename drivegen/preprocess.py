@@ -52,6 +52,7 @@ __all__ = [
     "RayConfig",
     "ClipWorker",
     "clip_starts",
+    "render_clip_arrays",
     "format_summary",
     "load_config",
     "run",
@@ -268,6 +269,36 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+def render_clip_arrays(scene, frame_indices: list[int], cameras, layout: LayoutConfig):
+    """The condition arrays of a clip (store.ARRAYS names, T leading) and the first frame's
+    FrameConditions (channel names): `conditions.render_frame` per frame, stacked over time.
+    Shared by the store writer and by generation (edited scenes are rendered the same way)."""
+    # render_frame stacks cameras on axis K.
+    outs = [render_frame(scene, f, cameras=cameras, config=layout) for f in frame_indices]
+    stack = lambda name: np.stack([getattr(o, name) for o in outs])  # noqa: E731
+    arrays = dict(
+        layout=stack("layout_KCHW"),
+        control=stack("control_KHW3"),
+        box_corners=stack("box_corners_KS82"),
+        box_corner_mask=stack("box_corner_mask_KS8"),
+        box_params=stack("box_params_KSP"),
+        box_class=stack("box_class_KS"),
+        box_track=stack("box_track_KS"),
+        box_mask=stack("box_mask_KS"),
+        box_visible_px=stack("box_visible_px_KS"),
+        num_boxes_dropped=stack("num_boxes_dropped_K"),
+        intrinsics=stack("intrinsics_K33"),
+        cam_to_ego=stack("cam_to_ego_K44"),
+        plucker=stack("plucker_K6hw"),
+        ego_to_world=stack("ego_to_world_44").astype(np.float64),
+        timestamp_us=np.array([o.timestamp_us for o in outs], dtype=np.int64),
+        frame_index=np.array(frame_indices, dtype=np.int64),
+    )
+    if layout.bev is not None:
+        arrays["bev"] = stack("bev_CHW")
+    return arrays, outs[0]
+
+
 class ClipWorker:
     """A Ray actor that renders and writes clips. Stateful: it keeps the last logs it opened.
 
@@ -354,9 +385,7 @@ class ClipWorker:
         T, K = self._config.clip.length, len(cameras)
         H, W = self._layout.image_size
         frame_indices = list(range(start, start + T))
-        # 1. Conditions of every frame (render_frame stacks cameras on axis K).
-        outs = [render_frame(scene, f, cameras=cameras, config=self._layout) for f in frame_indices]
-        # 2. Images, resized to the store's size (each axis on its own, as the intrinsics).
+        # 1. Images, resized to the store's size (each axis on its own, as the intrinsics).
         has_images = bool(reader.has_images)
         arrays: dict[str, np.ndarray] = {}
         if has_images:
@@ -370,29 +399,9 @@ class ClipWorker:
                         )
                     images[t, k] = _resize(image, (H, W))
             arrays["images"] = images
-        # 3. Stack the conditions over time (T leading).
-        stack = lambda name: np.stack([getattr(o, name) for o in outs])  # noqa: E731
-        arrays.update(
-            layout=stack("layout_KCHW"),
-            control=stack("control_KHW3"),
-            box_corners=stack("box_corners_KS82"),
-            box_corner_mask=stack("box_corner_mask_KS8"),
-            box_params=stack("box_params_KSP"),
-            box_class=stack("box_class_KS"),
-            box_track=stack("box_track_KS"),
-            box_mask=stack("box_mask_KS"),
-            box_visible_px=stack("box_visible_px_KS"),
-            num_boxes_dropped=stack("num_boxes_dropped_K"),
-            intrinsics=stack("intrinsics_K33"),
-            cam_to_ego=stack("cam_to_ego_K44"),
-            plucker=stack("plucker_K6hw"),
-            ego_to_world=stack("ego_to_world_44").astype(np.float64),
-            timestamp_us=np.array([o.timestamp_us for o in outs], dtype=np.int64),
-            frame_index=np.array(frame_indices, dtype=np.int64),
-        )
-        if self._layout.bev is not None:
-            arrays["bev"] = stack("bev_CHW")
-        first = outs[0]
+        # 2. Conditions of every frame, stacked over time.
+        conds, first = render_clip_arrays(scene, frame_indices, cameras, self._layout)
+        arrays.update(conds)
         attrs = {
             "log": ref.name,
             "log_kind": ref.kind,

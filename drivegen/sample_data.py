@@ -50,6 +50,8 @@ from drivegen.errors import DrivegenError, StoreError
 from drivegen.ingest import LogRef
 from drivegen.ingest.tfrecord import write_records
 from drivegen.ingest.waymo import WAYMO_CAM_FROM_CONDITIONS  # p_waymo_cam = A @ p_conditions_cam
+from drivegen.nuscenes_format import (ATTRIBUTES, NUSCENES_CATEGORY, MapExpansion, Tokens, dump_json, static_tables,
+                                      yaw_quaternion)
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
@@ -77,19 +79,6 @@ _NUSCENES_CAMERA_STAGGER_US = 5_000  # real rigs fire cameras one after the othe
 _WAYMO_HZ, _WAYMO_FRAMES = 10, 25
 _JPEG_QUALITY = 90
 _NOISE_STD = 2.0  # mild sensor noise, so that the JPEGs are not flat colour fields
-# The class the images draw each world class with, as each dataset's taxonomy names it.
-_NUSCENES_CATEGORY = {
-    "car": "vehicle.car",
-    "truck": "vehicle.truck",
-    "construction_vehicle": "vehicle.construction",
-    "bus": "vehicle.bus.rigid",
-    "trailer": "vehicle.trailer",
-    "barrier": "movable_object.barrier",
-    "motorcycle": "vehicle.motorcycle",
-    "bicycle": "vehicle.bicycle",
-    "pedestrian": "human.pedestrian.adult",
-    "traffic_cone": "movable_object.trafficcone",
-}
 # Waymo labels vehicles, pedestrians, cyclists and signs only: barriers and cones get no label.
 _WAYMO_TYPE = {
     "car": 1,
@@ -211,21 +200,6 @@ _CITY_YAW = float(np.arctan2(CITY_TO_WORLD[1, 0], CITY_TO_WORLD[0, 0]))
 # ---------------------------------------------------------------------------------------------
 
 
-class _Tokens:
-    """Deterministic nuScenes-style 32-hex tokens from names."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
-
-    def __call__(self, *parts: object) -> str:
-        key = "/".join(str(p) for p in (self.seed, *parts))
-        return hashlib.md5(key.encode()).hexdigest()
-
-
-def _yaw_quaternion(yaw: float) -> list[float]:
-    return [float(np.cos(yaw / 2)), 0.0, 0.0, float(np.sin(yaw / 2))]
-
-
 def _render_jpegs(scene: Scene, image_hw: tuple[int, int], seed: int, tag: str) -> list[list[bytes]]:
     """JPEG bytes [frame][camera] of every frame of `scene`, control image plus seeded noise."""
     config = LayoutConfig(image_size=tuple(image_hw), bev=None, max_boxes=254)
@@ -241,12 +215,6 @@ def _render_jpegs(scene: Scene, image_hw: tuple[int, int], seed: int, tag: str) 
             row.append(buf.tobytes())
         out.append(row)
     return out
-
-
-def _dump_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Sorted keys and fixed float formatting keep the output byte-identical across runs.
-    path.write_text(json.dumps(obj, indent=0, sort_keys=True))
 
 
 def _closed_to_open(ring: np.ndarray) -> np.ndarray:
@@ -269,67 +237,12 @@ def _nuscenes_cameras(image_hw: tuple[int, int]) -> tuple[Camera, ...]:
     return tuple(cams)
 
 
-def _nuscenes_map_json(world: _World, tok: _Tokens) -> dict:
-    """NuScenesMap expansion (version 1.3) of the world's map. road_edge has no layer (readers
-    derive it from the drivable area); stop lines become 0.4 m wide polygons, as in nuScenes."""
-    import shapely
-
-    nodes, polygons, lines = [], [], []
-    layers: dict[str, list] = {name: [] for name in (
-        "drivable_area", "road_segment", "road_block", "lane", "ped_crossing", "walkway", "stop_line",
-        "carpark_area", "road_divider", "lane_divider", "traffic_light", "lane_connector")}
-
-    def node_tokens(pts: np.ndarray) -> list[str]:
-        out = []
-        for x, y in pts:
-            token = tok("node", len(nodes))
-            nodes.append({"token": token, "x": round(float(x), 4), "y": round(float(y), 4)})
-            out.append(token)
-        return out
-
-    def polygon(exterior: np.ndarray, holes=()) -> str:
-        token = tok("polygon", len(polygons))
-        polygons.append({
-            "token": token,
-            "exterior_node_tokens": node_tokens(_closed_to_open(exterior)),
-            "holes": [{"node_tokens": node_tokens(_closed_to_open(h))} for h in holes],
-        })
-        return token
-
-    def line(pts: np.ndarray) -> str:
-        token = tok("line", len(lines))
-        lines.append({"token": token, "node_tokens": node_tokens(pts)})
-        return token
-
-    drivable = []
-    for el in world.map_elements:
-        n = len(layers[el.cls]) if el.cls in layers else 0
-        rec_token = tok(el.cls, n)
-        if el.cls == "drivable_area":
-            drivable.append(polygon(el.points, el.holes))
-        elif el.cls in ("ped_crossing", "walkway", "carpark_area"):
-            rec = {"token": rec_token, "polygon_token": polygon(el.points, el.holes)}
-            if el.cls == "ped_crossing":
-                rec["road_segment_token"] = ""
-            if el.cls == "carpark_area":
-                rec.update(orientation=0.0, road_block_token="")
-            layers[el.cls].append(rec)
-        elif el.cls == "stop_line":
-            rect = shapely.LineString(el.points).buffer(0.2, cap_style="flat")
-            layers["stop_line"].append({
-                "token": rec_token, "polygon_token": polygon(np.asarray(rect.exterior.coords)),
-                "stop_line_type": "STOP_SIGN", "ped_crossing_tokens": [], "traffic_light_tokens": [],
-                "road_block_token": "",
-            })
-        elif el.cls == "road_divider":
-            layers["road_divider"].append({"token": rec_token, "line_token": line(el.points), "road_segment_token": ""})
-        elif el.cls == "lane_divider":
-            line_token = line(el.points)
-            segs = [{"node_token": t, "segment_type": "DOUBLE_DASHED_WHITE"} for t in lines[-1]["node_tokens"]]
-            layers["lane_divider"].append({"token": rec_token, "line_token": line_token, "lane_divider_segments": segs})
-        # road_edge: no nuScenes layer (derived from the drivable area by readers).
-    da_token = tok("drivable_area", 0)
-    layers["drivable_area"].append({"token": da_token, "polygon_tokens": drivable})
+def _nuscenes_map_json(world: _World, tok: Tokens) -> dict:
+    """NuScenesMap expansion (version 1.3) of the world's map (drivegen.nuscenes_format.MapExpansion)
+    plus the structural layers of the ego road."""
+    expansion = MapExpansion(tok)
+    expansion.add_elements(world.map_elements)
+    layers, polygon, line, da_token = expansion.layers, expansion.polygon, expansion.line, expansion.drivable_area_token
     # Structural layers: the ego road as one segment with four lanes (no paint, not drawn).
     half = 7.0
     seg = np.array([[-250, -half], [250, -half], [250, half], [-250, half]], float)
@@ -343,19 +256,10 @@ def _nuscenes_map_json(world: _World, tok: _Tokens) -> dict:
             "to_edge_line_token": line(_city_to_world(lane[[1, 2]])),
             "left_lane_divider_segments": [], "right_lane_divider_segments": [],
         })
-    return {
-        "version": "1.3",
-        "canvas_edge": [3000.0, 3000.0],
-        "node": nodes,
-        "polygon": polygons,
-        "line": lines,
-        **layers,
-        "arcline_path_3": {},
-        "connectivity": {},
-    }
+    return expansion.to_json()
 
 
-def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: _Tokens, write_images: bool) -> SampleLog:
+def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: Tokens, write_images: bool) -> SampleLog:
     H, W = image_hw
     cameras = _nuscenes_cameras(image_hw)
     period_us = 1e6 / _NUSCENES_HZ
@@ -369,17 +273,8 @@ def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: _Tokens
 
     # 1. Static tables.
     tables: dict[str, list] = {}
-    tables["category"] = [
-        {"token": tok("category", name), "name": name, "description": f"nuScenes category {name}"}
-        for name in NUSCENES_CATEGORY_TO_CLASS
-    ]
-    attrs = ("vehicle.moving", "vehicle.parked", "vehicle.stopped", "pedestrian.moving", "pedestrian.standing",
-             "pedestrian.sitting_lying_down", "cycle.with_rider", "cycle.without_rider")
-    tables["attribute"] = [{"token": tok("attribute", a), "name": a, "description": a} for a in attrs]
-    tables["visibility"] = [
-        {"token": str(i + 1), "level": lvl, "description": f"visibility of whole object is {lvl}"}
-        for i, lvl in enumerate(("v0-40", "v40-60", "v60-80", "v80-100"))
-    ]
+    tables.update(static_tables(tok, list(NUSCENES_CATEGORY_TO_CLASS)))
+    attrs = ATTRIBUTES
     tables["sensor"] = [{"token": tok("sensor", c.name), "channel": c.name, "modality": "camera"} for c in cameras]
     tables["calibrated_sensor"] = []
     for cam in cameras:
@@ -414,7 +309,7 @@ def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: _Tokens
             pose = world.ego_at(t)
             tables["ego_pose"].append({"token": sd_tokens[i], "timestamp": t,
                                        "translation": [float(v) for v in pose[:3, 3]],
-                                       "rotation": _yaw_quaternion(yaw_of(pose))})
+                                       "rotation": yaw_quaternion(yaw_of(pose))})
             tables["sample_data"].append({
                 "token": sd_tokens[i], "sample_token": sample_of_frame[nearest_key], "ego_pose_token": sd_tokens[i],
                 "calibrated_sensor_token": tok("calibrated_sensor", cam.name), "timestamp": t, "fileformat": "jpg",
@@ -425,7 +320,7 @@ def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: _Tokens
 
     # 3. Annotations at keyframes: every world agent plus one unmapped 'animal'.
     dog_xy = _city_point(12.0, -8.6)
-    categories = [_NUSCENES_CATEGORY[c] for c in world.classes] + ["animal"]
+    categories = [NUSCENES_CATEGORY[c] for c in world.classes] + ["animal"]
     N = len(world.classes)
     instance_tokens = [tok("instance", n) for n in range(N + 1)]
     tables["instance"], tables["sample_annotation"] = [], []
@@ -453,7 +348,7 @@ def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: _Tokens
                 "token": ann_tokens[j], "sample_token": sample_of_frame[f], "instance_token": instance_tokens[n],
                 "visibility_token": "4", "attribute_tokens": attributes,
                 "translation": [float(v) for v in center], "size": [float(w), float(l), float(h)],
-                "rotation": _yaw_quaternion(yaw), "prev": ann_tokens[j - 1] if j > 0 else "",
+                "rotation": yaw_quaternion(yaw), "prev": ann_tokens[j - 1] if j > 0 else "",
                 "next": ann_tokens[j + 1] if j + 1 < len(keyframes) else "", "num_lidar_pts": 20, "num_radar_pts": 0,
             })
         tables["instance"].append({"token": instance_tokens[n], "category_token": tok("category", categories[n]),
@@ -464,8 +359,8 @@ def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: _Tokens
     dataroot = root / "nuscenes"
     if write_images:
         for name, table in tables.items():
-            _dump_json(dataroot / NUSCENES_VERSION / f"{name}.json", table)
-        _dump_json(dataroot / "maps" / "expansion" / f"{NUSCENES_LOCATION}.json", _nuscenes_map_json(world, tok))
+            dump_json(dataroot / NUSCENES_VERSION / f"{name}.json", table)
+        dump_json(dataroot / "maps" / "expansion" / f"{NUSCENES_LOCATION}.json", _nuscenes_map_json(world, tok))
         # Placeholder semantic prior (the devkit's MapMask needs a file; it is read lazily).
         ok, png = cv2.imencode(".png", np.zeros((8, 8), np.uint8))
         (dataroot / "maps" / f"{map_token}.png").write_bytes(png.tobytes())
@@ -511,7 +406,7 @@ def _waymo_cameras(image_hw: tuple[int, int]) -> tuple[Camera, ...]:
     return tuple(pinhole_camera(name, yaw, 0.0, pos, image_hw, focal) for name, yaw, pos in _WAYMO_RIG)
 
 
-def _waymo_map_features(world: _World, map_pb2, tok: _Tokens) -> list:
+def _waymo_map_features(world: _World, map_pb2, tok: Tokens) -> list:
     """Map features in the global frame: road edges, painted lines, crosswalks, car parks as
     driveways and lane centres of the ego road. Waymo has no drivable area, walkway or stop line."""
     feats = []
@@ -544,7 +439,7 @@ def _waymo_map_features(world: _World, map_pb2, tok: _Tokens) -> list:
     return feats
 
 
-def _write_waymo(root: Path, world: _World, image_hw, seed: int, tok: _Tokens, write_images: bool) -> SampleLog:
+def _write_waymo(root: Path, world: _World, image_hw, seed: int, tok: Tokens, write_images: bool) -> SampleLog:
     from waymo_open_dataset import dataset_pb2, label_pb2
     from waymo_open_dataset.protos import map_pb2
 
@@ -634,7 +529,7 @@ def _write_waymo(root: Path, world: _World, image_hw, seed: int, tok: _Tokens, w
 
 
 def _build(root: Path, image_hw, seed: int, write: bool) -> tuple[SampleLog, SampleLog]:
-    world, tok = _World.build(seed), _Tokens(seed)
+    world, tok = _World.build(seed), Tokens(seed)
     return (_write_nuscenes(root, world, image_hw, seed, tok, write),
             _write_waymo(root, world, image_hw, seed, tok, write))
 

@@ -21,17 +21,48 @@ def to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.moveaxis(x, -3, -1)
 
 
+class Mp4Writer:
+    """An mp4 written frame by frame (streaming: memory does not grow with length), atomic: it
+    appears under its name only when closed without error; on error the temp file is removed.
+
+        with Mp4Writer("out/cam.mp4") as w:
+            for group_FHW3 in groups:
+                w.append(group_FHW3)
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: int = 12) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(self.path.stem + ".partial.mp4")
+        # macro_block_size=1: keep odd sizes as they are instead of resizing with a warning.
+        self._writer = imageio.get_writer(self._tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1)
+        self.frames = 0
+
+    def append(self, frames_THW3: np.ndarray) -> None:
+        for frame in frames_THW3:
+            self._writer.append_data(frame)
+            self.frames += 1
+
+    def close(self, ok: bool = True) -> Path:
+        self._writer.close()
+        if ok:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+        return self.path
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(ok=exc_type is None)
+
+
 def write_mp4(path: str | os.PathLike, frames_THW3: np.ndarray, fps: int = 12) -> Path:
     """Atomic: written to a temp name, then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".partial.mp4")
-    # macro_block_size=1: keep odd sizes as they are instead of resizing with a warning.
-    with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
-        for frame in frames_THW3:
-            writer.append_data(frame)
-    os.replace(tmp, path)
-    return path
+    with Mp4Writer(path, fps) as writer:
+        writer.append(frames_THW3)
+    return writer.path
 
 
 def mosaic(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
