@@ -1,0 +1,170 @@
+"""Generate a list of scenarios: in this process, or spread over Ray actors (one GPU each where
+GPUs exist, one CPU otherwise). ``run(cfg)`` is what ``python -m drivegen.generate`` calls.
+
+Steps:
+1. Plan: parse every scenario and compute its output key (scenario, checkpoint and settings
+   hashes). A scenario that does not parse is reported as failed; one whose folder already holds
+   a manifest with the same key is skipped (reruns redo nothing finished).
+2. Generate the rest: ``mode=local`` runs them one after another here; ``mode=ray`` starts
+   ``min(ray.num_workers, scenarios, GPUs)`` ``GenerateWorker`` actors (embedded local Ray unless
+   ``ray.address`` or RAY_ADDRESS names a cluster), each loading the checkpoint once. A scenario
+   that fails (bad edit, missing log, out of memory, ...) is reported with its reason; the others
+   complete. Progress bar over scenarios.
+3. Record: report.json under ``out`` (atomic) and a summary table.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from drivegen.errors import DrivegenError
+from drivegen.generate.config import GenerateConfig
+from drivegen.generate.pipeline import (Generator, _check_checkpoint, checkpoint_digest, finished, output_key,
+                                        resolve_scenario_file)
+from drivegen.generate.scenario import load_scenario
+from drivegen.preprocess import _init_ray, _reason
+
+__all__ = ["GenerateWorker", "format_summary", "run"]
+
+
+class GenerateWorker:
+    """A Ray actor: the checkpoint loaded once, one scenario per call; never raises for a scenario."""
+
+    def __init__(self, cfg: GenerateConfig, checkpoint_hash: str) -> None:
+        import torch
+
+        # One CPU per actor on a CPU-only machine: torch's own threads would only compete.
+        if not torch.cuda.is_available():
+            torch.set_num_threads(1)
+        torch.set_flush_denormal(True)  # random-weight decoders produce denormals; flushing is much faster
+        self.generator = Generator(cfg, checkpoint_hash)
+
+    def __call__(self, path: str) -> dict[str, Any]:
+        return _guarded(self.generator, path)
+
+
+def _guarded(generator: Generator, path: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        return generator(path)
+    except Exception as exc:  # a failing scenario is that scenario's, not the batch's
+        return {"scenario": Path(path).stem, "status": "failed", "reason": _reason(exc),
+                "traceback": traceback.format_exc(limit=6), "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def run(cfg: GenerateConfig) -> dict[str, Any]:
+    """Generate cfg.scenarios (see the module doc); returns the report (also out/report.json)."""
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    checkpoint = _check_checkpoint(cfg.checkpoint)
+    digest = checkpoint_digest(checkpoint, cfg.ema)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # 1. Plan.
+    rows: dict[str, dict[str, Any]] = {}  # scenario file -> result row
+    todo: list[str] = []
+    names: dict[str, str] = {}
+    for path in cfg.scenarios:
+        try:
+            scenario = load_scenario(resolve_scenario_file(path))
+        except DrivegenError as exc:
+            rows[path] = {"scenario": Path(path).stem, "status": "failed", "reason": _reason(exc), "seconds": 0.0}
+            continue
+        if scenario.name in names:
+            rows[path] = {"scenario": scenario.name, "status": "failed", "seconds": 0.0,
+                          "reason": f"ScenarioError: name {scenario.name!r} is also the name of {names[scenario.name]!r}; "
+                                    "outputs would collide: give each scenario its own name"}
+            continue
+        names[scenario.name] = path
+        if finished(out / scenario.name, output_key(scenario, digest, cfg)):
+            rows[path] = {"scenario": scenario.name, "status": "skipped", "folder": str(out / scenario.name),
+                          "seconds": 0.0}
+        else:
+            todo.append(path)
+
+    # 2. Generate.
+    bar = tqdm(total=len(cfg.scenarios), desc="scenarios", unit="scenario", disable=not cfg.progress)
+    bar.update(len(rows))
+    mode = cfg.mode if cfg.mode != "auto" else ("ray" if len(todo) > 1 else "local")
+    if todo and mode == "local":
+        import torch
+
+        torch.set_flush_denormal(True)
+        generator = Generator(cfg, digest)
+        for path in todo:
+            rows[path] = _guarded(generator, path)
+            bar.update(1)
+    elif todo:
+        rows.update(_run_ray(cfg, digest, todo, bar))
+    bar.close()
+
+    # 3. Record.
+    ordered = [dict(rows[p], file=p) for p in cfg.scenarios if p in rows]
+    report = {
+        "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": str(checkpoint), "checkpoint_hash": digest, "mode": mode, "out": str(out),
+        "scenarios": ordered,
+        "failed": [{"scenario": r["scenario"], "file": r["file"], "reason": r["reason"]} for r in ordered
+                   if r["status"] == "failed"],
+        "totals": {s: sum(r["status"] == s for r in ordered) for s in ("generated", "skipped", "failed")},
+        "wall_s": round(time.perf_counter() - t_start, 3),
+    }
+    from drivegen.store import write_report
+
+    write_report(out, report)
+    if cfg.progress:
+        print(format_summary(report), file=sys.stderr)
+    return report
+
+
+def _run_ray(cfg: GenerateConfig, digest: str, todo: list[str], bar) -> dict[str, dict[str, Any]]:
+    ray = _init_ray(cfg.ray)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+    count = max(1, min(cfg.ray.num_workers, len(todo), gpus or len(todo)))
+    cls = ray.remote(**resources)(GenerateWorker)
+    actors = [cls.options(max_restarts=cfg.ray.max_restarts, max_task_retries=cfg.ray.max_task_retries)
+              .remote(cfg, digest) for _ in range(count)]
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        queue = list(todo)
+        in_flight = {}
+        for actor in actors:  # one scenario per actor at a time; the next goes to whoever frees up
+            if queue:
+                path = queue.pop(0)
+                in_flight[actor.__call__.remote(path)] = (actor, path)
+        while in_flight:
+            [ref], _ = ray.wait(list(in_flight), num_returns=1)
+            actor, path = in_flight.pop(ref)
+            try:
+                rows[path] = ray.get(ref)
+            except Exception as exc:  # the actor died more often than ray.max_restarts allows
+                rows[path] = {"scenario": Path(path).stem, "status": "failed", "reason": _reason(exc), "seconds": 0.0}
+            bar.update(1)
+            if queue:
+                nxt = queue.pop(0)
+                in_flight[actor.__call__.remote(nxt)] = (actor, nxt)
+    finally:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+    return rows
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """The report as a Markdown-style table, one row per scenario."""
+    header = ("scenario", "status", "seconds", "folder / reason")
+    rows = [(r["scenario"], r["status"], f"{r.get('seconds', 0.0):.1f}",
+             (r.get("reason") or r.get("folder") or "")[:100]) for r in report["scenarios"]]
+    widths = [max(len(h), *(len(row[j]) for row in rows)) if rows else len(h) for j, h in enumerate(header)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    t = report["totals"]
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows] + [
+        f"{t['generated']} generated, {t['skipped']} already finished, {t['failed']} failed "
+        f"({report['out']}/report.json); {report['wall_s']:.1f} s"])
