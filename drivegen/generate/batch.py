@@ -27,7 +27,7 @@ from drivegen.generate.config import GenerateConfig
 from drivegen.generate.pipeline import (Generator, _check_checkpoint, checkpoint_digest, finished, output_key,
                                         resolve_scenario_file)
 from drivegen.generate.scenario import load_scenario
-from drivegen.preprocess import _init_ray, _reason
+from drivegen.preprocess import _init_ray
 
 __all__ = ["GenerateWorker", "format_summary", "run"]
 
@@ -46,6 +46,11 @@ class GenerateWorker:
 
     def __call__(self, path: str) -> dict[str, Any]:
         return _guarded(self.generator, path)
+
+
+def _reason(exc: BaseException) -> str:
+    # The whole message: a ScenarioError's names the scenario, agent and field.
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _guarded(generator: Generator, path: str) -> dict[str, Any]:

@@ -1,0 +1,62 @@
+"""Shared fixtures: sample logs, a small 2-camera clip store and a tiny trained checkpoint, made once
+per session (the store through drivegen.preprocess and Ray, the checkpoint through drivegen.train)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+CAMERAS = ["CAM_FRONT", "CAM_BACK"]
+IMAGE_SIZE = [32, 48]
+
+
+@dataclass(frozen=True)
+class World:
+    logs: Path
+    store: Path
+    checkpoint: Path
+    root: Path
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory) -> Path:
+    from drivegen.sample_data import generate_sample_logs
+
+    root = tmp_path_factory.mktemp("generate")
+    generate_sample_logs(root / "logs")
+    return root / "logs"
+
+
+@pytest.fixture(scope="session")
+def world(logs) -> World:
+    from drivegen import preprocess
+    from drivegen.train import DataConfig, TrainConfig, Trainer, TrainerConfig
+
+    torch.set_flush_denormal(True)  # random-weight decoders produce denormals
+    root = logs.parent
+    cfg = preprocess.load_config([f"input_root={root / 'logs'}", f"out={root / 'clips.zarr'}",
+                                  f"cameras=[{','.join(CAMERAS)}]", f"conditions.image_size=[{IMAGE_SIZE[0]},{IMAGE_SIZE[1]}]",
+                                  "conditions.bev=false", "clip.length=5", "clip.stride=5", "ray.num_workers=2",
+                                  "progress=false"])
+    preprocess.run(cfg)
+    data = DataConfig(logs=str(root / "logs"), store=str(root / "clips.zarr"), image_size=IMAGE_SIZE)
+    Trainer(TrainConfig(data=data, trainer=TrainerConfig(steps=2, sample_steps=0, out=str(root / "train")))).train()
+    return World(logs=root / "logs", store=root / "clips.zarr", checkpoint=root / "train" / "checkpoint", root=root)
+
+
+@pytest.fixture(scope="session")
+def source_scene(logs):
+    """The nuScenes sample log as a Scene (the source of every scenario here)."""
+    from drivegen.ingest import discover_logs, open_log
+
+    ref = next(r for r in discover_logs(logs) if r.kind == "nuscenes")
+    return open_log(ref).scene
+
+
+def write_scenario(folder: Path, name: str, body: str) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(f"name: {name}\n" + body)
+    return path
