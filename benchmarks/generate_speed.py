@@ -174,8 +174,10 @@ def run_video(s: Scenario, model, vae, space, frames: int, steps: int):
         base = torch.cuda.memory_allocated()
     sync(s.device)
     t0 = time.perf_counter()
-    latents = sample_video(model, inputs, (1, s.cameras, space.mean.shape[1], h, w), n, s.image_hw, chunk=chunk,
-                           overlap=s.overlap, steps=steps, seed=0)
+    # bf16 weights under autocast, as the pipeline samples on CUDA (the condition embeddings take float32 inputs).
+    with torch.autocast(s.device, torch.bfloat16, enabled=s.dtype == "bfloat16"):
+        latents = sample_video(model, inputs, (1, s.cameras, space.mean.shape[1], h, w), n, s.image_hw, chunk=chunk,
+                               overlap=s.overlap, steps=steps, seed=0)
     sync(s.device)
     sample_s = time.perf_counter() - t0
     sample_peak = (torch.cuda.max_memory_allocated() - base) / GIB if s.device == "cuda" else None

@@ -339,9 +339,11 @@ class Generator:
 
         chunk = self._chunk_latents(n)
         t0 = time.perf_counter()
-        latents = sample_video(self.model, inputs, shape, n, (H, W), chunk=chunk, overlap=cfg.sampler.overlap,
-                               steps=cfg.sampler.steps, seed=self._seed(scenario), shift=cfg.sampler.shift,
-                               guidance=cfg.sampler.guidance)
+        # bf16 autocast on CUDA, as training runs there; the scheduler steps in float32 (sample_latents).
+        with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
+            latents = sample_video(self.model, inputs, shape, n, (H, W), chunk=chunk, overlap=cfg.sampler.overlap,
+                                   steps=cfg.sampler.steps, seed=self._seed(scenario), shift=cfg.sampler.shift,
+                                   guidance=cfg.sampler.guidance)
         sample_s = time.perf_counter() - t0
 
         # 5. Pixels: stream groups of frames into the mp4s, the mosaic and the dataroot's JPEGs.
