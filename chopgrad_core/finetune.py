@@ -118,7 +118,7 @@ def evaluate(model: OneStepRestorer, head, data: VideoSet, scorer: Scorer, devic
 
 
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict[str, Any]:
-    """Train, save, evaluate. Returns the evaluation means, file paths and the loss history."""
+    """Train, save, evaluate. Returns the evaluation means, file paths, loss history, model and head."""
     t0 = time.perf_counter()
     device = _device(cfg.train.device)
     if device.type == "cpu":
@@ -149,7 +149,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict[str, Any]:
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
         optimizer.step()
-        history.append({k: float(v) for k, v in losses.items()})
+        history.append({k: float(v.detach()) for k, v in losses.items()})
         bar.set_postfix({k: f"{v:.4f}" for k, v in history[-1].items()})
     train_s = time.perf_counter() - t0
 
@@ -174,7 +174,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict[str, Any]:
     print(f"PSNR {ours['psnr']:.2f} dB vs {base['psnr']:.2f} dB ({head.baseline_name}): "
           f"{ours['psnr'] - base['psnr']:+.2f} dB. Wrote {checkpoint}, {out / 'eval.md'}, {out / 'comparison.png'}")
     return {"metrics": means, "checkpoint": str(checkpoint), "history": history, "train_seconds": train_s,
-            "out": str(out)}
+            "out": str(out), "model": model, "head": head}
 
 
 def _main() -> None:

@@ -309,7 +309,9 @@ def save_checkpoint(path: str | Path, model: OneStepRestorer, head: Head, extra:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": CHECKPOINT_FORMAT, "task": json.dumps(asdict(head.config)),
             "model": json.dumps(asdict(model.config)),
-            "vae_config": json.dumps({k: v for k, v in dict(model.vae.config).items()}),
+            # Without "_use_default_values", from_config would reset those keys to the class defaults
+            # (it would undo the tiny VAE's calibrated latents_mean/std).
+            "vae_config": json.dumps({k: v for k, v in dict(model.vae.config).items() if k != "_use_default_values"}),
             "extra": json.dumps(extra or {})}
     _atomic_save_safetensors(state, path, meta)
     return path
