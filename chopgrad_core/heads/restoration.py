@@ -243,7 +243,7 @@ class OneStepRestorer(nn.Module):
     def encode(self, frames_BcFHW: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B C T h w) of frames; the encoder is frozen."""
         check_frames(frames_BcFHW.shape[2], "the clip")
-        z = self.vae.encode(frames_BcFHW.to(self.mean.device)).latent_dist.mode()
+        z = self.vae.encode(frames_BcFHW.to(device=self.mean.device, dtype=self.vae.dtype)).latent_dist.mode()
         return (z - self.mean) / self.std
 
     def denormalise(self, x: torch.Tensor) -> torch.Tensor:
