@@ -7,6 +7,10 @@ Named scenarios (``--scenario``):
   bf16, 480x832, L1 on every frame, gradient to the latents (DESIGN.md section 3). Peak is
   ``torch.cuda.max_memory_allocated`` above what was allocated before the call (model, latents
   and target), so it is the loss's own working memory.
+- ``model-480p``: the ``h100-anchor`` decoder on fake tensors (no data, no compute, seconds on a CPU):
+  the peak each configuration would allocate, tracked op by op (:func:`model_peak`).
+- ``h100-target``: issue 2's target, the ``low_memory`` preset against naive D=0 at 17 and 121
+  frames, 1 and 6 cameras; each case in a fresh process warmed up with its own settings.
 - ``h100-explore``: a few lever combinations at 17 and 33 frames, one camera, to choose defaults.
 
 Cosine is the cosine similarity of the latent gradient to full backprop's, where full fits.
@@ -34,6 +38,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import chopgrad_core as cg  # noqa: E402
+from chopgrad_core.config import PRESETS  # noqa: E402
 
 GIB = 1024**3
 
@@ -55,6 +60,7 @@ class Row:
     peak_gib: float | None
     cosine: float | None
     note: str = ""
+    reserved_gib: float | None = None  # max reserved above the pre-call reserved (CUDA only)
 
 
 def latent_frames(frames: int) -> int:
@@ -106,7 +112,7 @@ def measure_cuda(vae, case: Case, hw, dtype, reference=None) -> tuple[Row, torch
     torch.cuda.empty_cache()
     z, target = make_inputs(vae, case, hw, "cuda", dtype)
     sync("cuda")
-    base = torch.cuda.memory_allocated()
+    base, base_reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
     torch.cuda.reset_peak_memory_stats()
     try:
         t0 = time.perf_counter()
@@ -118,16 +124,19 @@ def measure_cuda(vae, case: Case, hw, dtype, reference=None) -> tuple[Row, torch
         torch.cuda.empty_cache()
         return Row(case.name, case.frames, case.cameras, None, None, None, "out of memory"), None
     peak = (torch.cuda.max_memory_allocated() - base) / GIB
+    reserved = (torch.cuda.max_memory_reserved() - base_reserved) / GIB
     cos = None
     if grad is not None and reference is not None:
         cos = float(F.cosine_similarity(grad.flatten(), reference.to(grad.device).flatten(), dim=0))
-    return Row(case.name, case.frames, case.cameras, seconds, peak, cos), grad
+    return Row(case.name, case.frames, case.cameras, seconds, peak, cos, reserved_gib=reserved), grad
 
 
-def measure_subprocess(case: Case, hw, device: str, ref_path: Path | None) -> Row:
+def measure_subprocess(case: Case, hw, device: str, ref_path: Path | None, warm_own: bool = False) -> Row:
     cmd = [sys.executable, __file__, "--case", json.dumps(asdict(case)), "--hw", *map(str, hw), "--device", device]
     if ref_path is not None:
         cmd += ["--ref", str(ref_path)]
+    if warm_own:
+        cmd += ["--warm-own"]
     # CPU: glibc keeps freed heap pages, so peak RSS would count fragmentation; serving large
     # allocations with mmap returns freed tensors to the OS (the constant-memory test does the same).
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
@@ -137,11 +146,98 @@ def measure_subprocess(case: Case, hw, device: str, ref_path: Path | None) -> Ro
     return Row(**json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def case_main(case_json: str, hw, device: str, ref: str | None) -> None:
+# ---------------------------------------------------------------------------------------------
+# Memory model: the full-size decoder on fake tensors (no compute), live bytes tracked per op
+
+
+def model_peak(case: Case, hw) -> Row:
+    """Peak bytes a case would allocate, from FakeTensorMode: shapes without data, in seconds on a CPU.
+
+    Every op's outputs are tracked by storage until freed (weak references), so the peak is what a
+    caching allocator's ``max_memory_allocated`` reports, minus allocator rounding and library
+    workspaces (cuDNN). Host memory for ``offload_cache`` is modelled as the meta device (not
+    counted). Checked against H100 measurements in benchmarks/RESULTS.md.
+    """
+    import weakref
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    from chopgrad_core import decoder as cg_decoder
+    from chopgrad_core import engine
+
+    class LiveBytes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live, self.refs, self.now, self.peak = {}, {}, 0, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                    st = t.untyped_storage()
+                    if id(st) not in self.live:
+                        self.live[id(st)] = st.nbytes()
+                        self.now += st.nbytes()
+                        self.peak = max(self.peak, self.now)
+                        self.refs[id(st)] = weakref.ref(st, lambda _, k=id(st): self._free(k))
+            return out
+
+        def _free(self, key):
+            self.now -= self.live.pop(key)
+            self.refs.pop(key, None)
+
+    class HostAsMeta(cg_decoder.CacheOffloader):
+        def holds(self, key, t):
+            return isinstance(t, torch.Tensor) and t.device.type == "meta"
+
+        def store(self, key, t):
+            return torch.empty(t.shape, dtype=t.dtype, device="meta")
+
+        def fetch(self, items):
+            return [torch.empty(h.shape, dtype=h.dtype, device=self.device) for _, h in items]
+
+        def fetch_tree(self, cache):
+            return cg_decoder.CausalCache(cg_decoder.map_tensors(
+                lambda t: torch.empty(t.shape, dtype=t.dtype, device=self.device), cache.state))
+
+    vae = make_vae("full", "cpu", torch.bfloat16)
+    # Input checks read tensor values (isfinite), which fake tensors do not have.
+    saved = engine._check_args, engine._losses.check_mask_and_weight, engine._OFFLOADERS.copy()
+    engine._check_args = engine._losses.check_mask_and_weight = lambda *a, **k: None
+    engine._OFFLOADERS[torch.device("cpu")] = HostAsMeta(torch.device("cpu"))
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            t, h, w = latent_frames(case.frames), hw[0] // 8, hw[1] // 8
+            z = torch.empty(case.cameras, 16, t, h, w, dtype=torch.bfloat16).requires_grad_()
+            target = torch.empty(case.cameras, 3, case.frames, *hw, dtype=torch.bfloat16)
+            live = LiveBytes()
+            for t in (z, target):  # allocated before the call, like the measured peaks' baseline
+                live.live[id(t.untyped_storage())] = 0
+            with live:
+                if case.name == "decode":
+                    with torch.no_grad():
+                        cg.decode(vae, z.detach())
+                else:
+                    cg.pixel_loss(vae, z, target, **case.kwargs).backward()
+    finally:
+        engine._check_args, engine._losses.check_mask_and_weight = saved[:2]
+        engine._OFFLOADERS.clear()
+        engine._OFFLOADERS.update(saved[2])
+    return Row(case.name, case.frames, case.cameras, None, live.peak / GIB, None, "model (fake tensors)")
+
+
+def case_main(case_json: str, hw, device: str, ref: str | None, warm_own: bool = False) -> None:
     case = Case(**json.loads(case_json))
     if device == "cuda":
         vae = make_vae("full", "cuda", torch.bfloat16)
-        measure_cuda(vae, Case("naive", 5, 1, NAIVE), hw, torch.bfloat16)  # cudnn autotuning, allocator warm-up
+        # Warm-up at 5 frames: cuDNN autotuning, the allocator and pinned host buffers. The target
+        # scenario warms up with the case's own settings (strip shapes, offload buffers).
+        warm = Case("naive", 5, 1, NAIVE)
+        if warm_own:
+            warm = Case(case.name, 5, 1 if case.kwargs.get("micro_batch") else case.cameras, case.kwargs)
+        measure_cuda(vae, warm, hw, torch.bfloat16)
         reference = torch.load(ref) if ref and case.cameras == 1 and case.frames == 17 and Path(ref).exists() else None
         row, grad = measure_cuda(vae, case, hw, torch.bfloat16, reference)
         if case.name == "full" and grad is not None and ref:
@@ -168,6 +264,9 @@ def case_main(case_json: str, hw, device: str, ref: str | None) -> None:
 NAIVE = dict(mode="sliding", window=0)  # the paper's truncation, D=0, whole batch at once
 FAST = dict(NAIVE, recompute=True, micro_batch=1)  # exact levers only
 SMALL = dict(FAST, tile=(30, 52), tile_halo=4)  # + tiled backward (approximate gradient)
+# The issue-2 target configuration: chopgrad_core.config.PRESETS["low_memory"] (exact levers only).
+LOW_MEMORY = dict(NAIVE, **{k: v for k, v in asdict(PRESETS["low_memory"]).items()
+                            if k in ("micro_batch", "recompute", "recompute_strips", "offload_cache")})
 
 
 def scenario_cases(name: str) -> tuple[list[Case], tuple[int, int]]:
@@ -207,7 +306,23 @@ def scenario_cases(name: str) -> tuple[list[Case], tuple[int, int]]:
         cases = [Case(n, f, 1, kw) for f in (17, 121)
                  for n, kw in (("decode", {}), ("naive", NAIVE), ("recompute", FAST), ("recompute+tile", SMALL))]
         return cases, (480, 832)
-    raise SystemExit(f"unknown scenario {name!r}: cpu-small, h100-explore, h100-anchor, h100-long, h100-levers")
+    if name == "model-480p":  # predicted peaks, full size on fake tensors (CPU, seconds); 13 frames: steady state
+        lm = LOW_MEMORY
+        cases = [Case("naive", 13, 1, NAIVE), Case("recompute", 13, 1, FAST),
+                 Case("recompute+strips4", 13, 1, dict(FAST, recompute_strips=4)),
+                 Case("low_memory", 13, 1, lm), Case("low_memory-strips6", 13, 1, dict(lm, recompute_strips=6)),
+                 Case("low_memory", 13, 6, lm)]
+        return cases, (480, 832)
+    if name == "h100-target":  # issue 2's target: <= 6 GiB at 17..121 frames, 1 and 6 cameras, <= 1.5x naive
+        lm = LOW_MEMORY
+        cases = [Case("naive", 17, 1, NAIVE), Case("low_memory", 17, 1, lm),
+                 Case("naive", 121, 1, NAIVE), Case("low_memory", 121, 1, lm),
+                 Case("low_memory", 17, 6, lm), Case("low_memory", 33, 6, lm),
+                 Case("naive-mb1", 17, 6, dict(NAIVE, micro_batch=1)),
+                 Case("low_memory-strips6", 17, 1, dict(lm, recompute_strips=6))]
+        return cases, (480, 832)
+    raise SystemExit(f"unknown scenario {name!r}: cpu-small, model-480p, h100-explore, h100-anchor, h100-long, "
+                     "h100-levers, h100-target")
 
 
 def main() -> None:
@@ -219,13 +334,25 @@ def main() -> None:
     ap.add_argument("--hw", nargs=2, type=int, help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     ap.add_argument("--ref", help=argparse.SUPPRESS)
+    ap.add_argument("--warm-own", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
-        return case_main(args.case, args.hw, args.device, args.ref)
+        return case_main(args.case, args.hw, args.device, args.ref, args.warm_own)
 
     cases, hw = scenario_cases(args.scenario)
     rows: list[Row] = []
-    if args.scenario.startswith("h100"):
+    if args.scenario == "model-480p":
+        device_name = "cpu-model"
+        for case in cases:
+            rows.append(model_peak(case, hw))
+            print(fmt_row(rows[-1]), flush=True)
+    elif args.scenario == "h100-target":
+        # One fresh process per case, warmed up with the case's own settings (see case_main).
+        device_name = torch.cuda.get_device_name().replace(" ", "-")
+        for case in cases:
+            rows.append(measure_subprocess(case, hw, "cuda", None, warm_own=True))
+            print(fmt_row(rows[-1]), flush=True)
+    elif args.scenario.startswith("h100"):
         # One fresh process per case: an out-of-memory case leaves the caching allocator holding
         # memory (and a traceback holding tensors), which starved and slowed every later case.
         device_name = torch.cuda.get_device_name().replace(" ", "-")
@@ -268,12 +395,18 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"chopgrad_memory_{args.scenario}_{device_name}_{dt.date.today().isoformat()}.md"
     path.write_text(table)
-    print(f"wrote {path}")
+    path.with_suffix(".json").write_text(json.dumps(dict(scenario=args.scenario, device=device_name, hw=list(hw),
+                                                        torch=torch.__version__, date=dt.date.today().isoformat(),
+                                                        cases=[asdict(c) for c in cases],
+                                                        rows=[asdict(r) for r in rows]), indent=1) + "\n")
+    print(f"wrote {path} and .json")
 
 
 def fmt_row(r: Row) -> str:
     sec = f"{r.seconds:.2f} s" if r.seconds is not None else "-"
     peak = f"{r.peak_gib:.2f} GiB" if r.peak_gib is not None else "-"
+    if r.reserved_gib is not None:
+        peak += f" ({r.reserved_gib:.2f} reserved)"
     cos = f"{r.cosine:.3f}" if r.cosine is not None else "-"
     return f"| {r.case} | {r.frames} | {r.cameras} | {sec} | {peak} | {cos} | {r.note} |"
 

@@ -1,4 +1,15 @@
-"""Configuration of the ChopGrad pixel loss; ``configs/chopgrad/default.yaml`` mirrors it 1:1."""
+"""Configuration of the ChopGrad pixel loss; ``configs/chopgrad/<preset>.yaml`` mirror it 1:1.
+
+Presets (``PRESETS``, Hydra ``chopgrad=<name>``):
+
+- ``default``: the paper's sliding window, D = 1, no memory levers.
+- ``low_memory``: D = 0 with every exact lever: cameras one at a time, decoder blocks recomputed
+  (full-resolution ones in 4 horizontal strips) and the cache at each cut held in host memory.
+  Built for issue 2's target (full-size Wan 2.1 VAE, bf16, 480x832: <= 6 GiB at any length and
+  camera count within 1.5x the time of plain D = 0). The memory model predicts 5.35 GiB; the
+  last H100 run, made before two fixes not yet measured there, gave 7.1 GiB at 1.35-1.40x per
+  camera (benchmarks/RESULTS.md, issue 2).
+"""
 
 from __future__ import annotations
 
@@ -23,9 +34,10 @@ class ChopGradConfig:
     recompute: bool = False
     """Checkpoint the decoder's blocks inside a window (exact; about a third more compute)."""
     recompute_strips: int = 1
-    """Recompute each decoder block in this many horizontal strips (exact; Wan only)."""
+    """Recompute each full-resolution decoder block in this many horizontal strips, lower-resolution
+    blocks in fewer (exact; Wan only)."""
     offload_cache: bool = False
-    """CUDA: hold the next window's cache in pinned host memory during backward."""
+    """Hold the cache at each cut in host memory until the next window reads it (D=0 or block; exact)."""
     tile: Optional[list[int]] = None
     """[th, tw] latent pixels per backward tile (approximate gradient, exact loss value); None = off."""
     tile_halo: int = 4
@@ -49,3 +61,10 @@ class ChopGradConfig:
         kw = asdict(self)
         kw["tile"] = tuple(self.tile) if self.tile else None
         return kw
+
+
+#: Named configurations; ``configs/chopgrad/<name>.yaml`` holds the same values.
+PRESETS: dict[str, ChopGradConfig] = {
+    "default": ChopGradConfig(),
+    "low_memory": ChopGradConfig(window=0, micro_batch=1, recompute=True, recompute_strips=4, offload_cache=True),
+}

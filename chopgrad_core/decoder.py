@@ -93,6 +93,86 @@ class CausalCache:
         return sum(t.numel() * t.element_size() for t in iter_tensors(self.state))
 
 
+class CacheOffloader:
+    """Keeps cache tensors in host memory while they wait for the next group, copying on a side stream.
+
+    On CUDA the host buffers are pinned and every copy runs on a side stream, so copies overlap the
+    decoder's compute; on the CPU the same bookkeeping runs with plain synchronous copies (tests).
+
+    Slot by slot (adapters with ``streams_cache``): :meth:`store` hands a freshly written slot to the
+    host as soon as it exists; :meth:`fetch` starts copying a stored slot back, and :meth:`ready`
+    makes the compute stream wait for that one slot just before its first use, so a group's input
+    cache arrives while the group's first blocks already run. Whole caches (other adapters):
+    :meth:`store_tree` / :meth:`fetch_tree`.
+
+    One host buffer per key and shape, reused group after group and call after call (pinning
+    memory costs about a second per GB, more than a whole window): a slot's next store is queued
+    on the side stream after its fetch, so the stream's order protects the buffer.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.host: dict[Any, torch.Tensor] = {}  # key -> the buffer last stored under it
+        self.buffers: dict[tuple, torch.Tensor] = {}  # (key, shape, dtype) -> buffer
+        self.events: dict[Any, torch.cuda.Event] = {}
+
+    def holds(self, key: Any, t: Any) -> bool:
+        """Whether ``t`` is the host copy stored under ``key`` (so it has to be fetched)."""
+        host = self.host.get(key)
+        return isinstance(t, torch.Tensor) and host is not None and t.data_ptr() == host.data_ptr()
+
+    def store(self, key: Any, t: torch.Tensor) -> torch.Tensor:
+        """Start copying device tensor ``t`` to host; returns the host tensor. ``t`` may be dropped at once."""
+        slot = (key, tuple(t.shape), t.dtype)
+        host = self.buffers.get(slot)
+        if host is None:
+            host = self.buffers[slot] = torch.empty(t.shape, dtype=t.dtype, pin_memory=self.cuda)
+        self.host[key] = host
+        if not self.cuda:
+            return host.copy_(t)
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))  # t is written on the compute stream
+        with torch.cuda.stream(self.stream):
+            host.copy_(t, non_blocking=True)
+        t.record_stream(self.stream)  # the allocator waits for the copy before reusing t's memory
+        return host
+
+    def fetch(self, items: list[tuple[Any, torch.Tensor]]) -> list[torch.Tensor]:
+        """Start copying the host tensors ``(key, host)`` back, in order; :meth:`ready` waits for one."""
+        out = [torch.empty(host.shape, dtype=host.dtype, device=self.device) for _, host in items]
+        if not self.cuda:
+            return [dev.copy_(host) for dev, (_, host) in zip(out, items)]
+        # The new device blocks may be memory the compute stream used a moment ago: start after it.
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            for dev, (key, host) in zip(out, items):
+                dev.copy_(host, non_blocking=True)
+                self.events[key] = event = torch.cuda.Event()
+                event.record(self.stream)
+        return out
+
+    def ready(self, key: Any) -> None:
+        """Make the compute stream wait until the fetch of ``key`` (if one is in flight) is done."""
+        event = self.events.pop(key, None)
+        if event is not None:
+            torch.cuda.current_stream(self.device).wait_event(event)
+
+    def store_tree(self, cache: CausalCache) -> CausalCache:
+        """Every tensor of a whole cache to host (keys: position in the nest)."""
+        count = iter(range(1 << 30))
+        return CausalCache(map_tensors(lambda t: self.store(("tree", next(count)), t), cache.state))
+
+    def fetch_tree(self, cache: CausalCache) -> CausalCache:
+        """A whole cache back on the device, waited for."""
+        hosts = list(iter_tensors(cache.state))
+        keys = [("tree", i) for i in range(len(hosts))]
+        devs = iter(self.fetch(list(zip(keys, hosts))))
+        for key in keys:
+            self.ready(key)
+        return CausalCache(map_tensors(lambda t: next(devs), cache.state))
+
+
 @dataclass(frozen=True)
 class Group:
     """One decode step: latent frames ``latent`` decode to pixel frames ``pixel``."""
@@ -112,6 +192,10 @@ class CausalDecoder(abc.ABC):
 
     #: Human-readable family name, used in error messages.
     family: str = "?"
+
+    #: ``decode_group`` takes ``offload``/``store`` and moves cache slots to and from host memory
+    #: one at a time while it decodes; otherwise the engine moves whole caches between groups.
+    streams_cache: bool = False
 
     def __init__(self, vae: nn.Module, *, clamp: bool) -> None:
         self.vae = vae
@@ -143,11 +227,15 @@ class CausalDecoder(abc.ABC):
 
     @abc.abstractmethod
     def decode_group(self, z: torch.Tensor, cache: CausalCache, group: Group, *,
-                     consume: bool = False) -> tuple[torch.Tensor, CausalCache]:
+                     consume: bool = False, offload: CacheOffloader | None = None,
+                     store: bool = False) -> tuple[torch.Tensor, CausalCache]:
         """Decode ``z`` (B C t h w, the group's latent frames) given the previous group's cache.
 
         With ``consume=True`` the adapter may take the cache's state (:meth:`CausalCache.take`)
-        and free it while it decodes; otherwise the given cache is left untouched.
+        and free it while it decodes; otherwise the given cache is left untouched. Adapters with
+        ``streams_cache`` accept ``offload``: slots of ``cache`` it holds in host memory are
+        fetched back as the group needs them, and with ``store=True`` the slots this group writes
+        go to host memory as they are written (only for a cache no gradient flows through).
         """
 
     def recomputation(self, strips: int = 1) -> contextlib.AbstractContextManager:

@@ -26,10 +26,14 @@ Memory levers (optional, beyond the paper):
   treats batch elements independently.
 - ``recompute``: inside a window the decoder's blocks are checkpointed with their cache slots
   passed explicitly (see the adapter), so only block inputs are kept for backward. Exact.
-  ``recompute_strips`` recomputes each block in horizontal strips with a halo covering the
-  block's receptive field (Wan), so one strip's activations live at a time. Exact.
-- ``offload_cache`` (CUDA): the next window's starting cache waits in pinned host memory while
-  the window back-propagates. Exact.
+  ``recompute_strips`` recomputes each full-resolution block in horizontal strips with a halo
+  covering the block's receptive field (Wan; fewer strips at lower resolutions), so one strip's
+  activations live at a time. Exact.
+- ``offload_cache``: the cache at a cut waits in host memory (pinned, copied on a side stream)
+  until the next window reads it, so one cache, not two, lives on the device. With the Wan adapter
+  every slot leaves as soon as it is written and comes back just ahead of its first read; other
+  adapters move whole caches around the backward pass. On the CPU the same bookkeeping runs with
+  plain copies (nothing saved; it keeps the path tested). Exact.
 - ``tile``: the backward pass runs over spatial tiles of (th, tw) latent pixels, each decoded with
   ``tile_halo`` latent pixels of context on every side (the paper's spatial truncation). The
   forward stays exact (an extra no-grad decode of the full frame gives every frame, loss value and
@@ -59,7 +63,7 @@ import torch
 
 from chopgrad_core import losses as _losses
 from chopgrad_core.adapters import wrap
-from chopgrad_core.decoder import CausalCache, CausalDecoder, Group, iter_tensors, map_tensors
+from chopgrad_core.decoder import CacheOffloader, CausalCache, CausalDecoder, Group
 from chopgrad_core.errors import ChopGradError, NonFiniteError, ShapeError
 
 MODES = ("full", "block", "sliding")
@@ -146,10 +150,11 @@ def pixel_loss(
         mask: per-pixel mask broadcastable as (B|1, 1|c, F, H, W).
         micro_batch: back-propagate this many batch elements (cameras) at a time.
         recompute: checkpoint the decoder's blocks inside a window (explicit cache snapshot/restore).
-        recompute_strips: recompute each block in this many horizontal strips (exact; Wan only),
-            so only one strip's activations live during backward.
-        offload_cache: on CUDA, keep the next window's starting cache in pinned host memory while
-            a window back-propagates (copied out during backward, back before the next window).
+        recompute_strips: recompute each full-resolution block in this many horizontal strips,
+            lower-resolution blocks in proportionally fewer (exact; Wan only), so only one strip's
+            activations live during backward.
+        offload_cache: keep the cache at each cut in host memory until the next window reads it
+            (D = 0 and block mode; pinned memory and a side stream on CUDA).
         tile: (th, tw) latent pixels per tile of the backward pass; ``tile_halo`` latent pixels of
             context. Approximate gradient; exact forward.
         lpips_weights: local LPIPS weights file for ``loss="lpips"`` (config key chopgrad.lpips_weights).
@@ -169,7 +174,7 @@ def pixel_loss(
     if recompute_strips < 1:
         raise ChopGradError(f"recompute_strips must be >= 1, got {recompute_strips}")
     plan = _Plan(decoder, frame_loss, mode, window, micro_batch or latents.shape[0], recompute, recompute_strips,
-                 offload_cache and latents.is_cuda, tile, tile_halo)
+                 offload_cache, tile, tile_halo)
     return _TruncatedLoss.apply(plan, latents, *params)
 
 
@@ -220,7 +225,6 @@ class _Plan:
     offload_cache: bool
     tile: tuple[int, int] | None
     tile_halo: int
-    offloader: "_CacheOffloader | None" = None  # made once per call: its pinned buffers serve every camera
 
 
 class _TruncatedLoss(torch.autograd.Function):
@@ -285,7 +289,10 @@ def _run_windows(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, nee
     offloader = None
     if plan.offload_cache and need_grad and all(w.start == (windows[n - 1].stop if n else 0)
                                                 for n, w in enumerate(windows)):
-        plan.offloader = offloader = plan.offloader or _CacheOffloader(leaf.device)
+        offloader = _offloader(leaf.device)
+    # Adapters that stream hand each slot of the cut cache to the host as it is written and fetch
+    # it back while the next window starts; for the others whole caches move between windows.
+    streamed = offloader is not None and decoder.streams_cache
     for n, win in enumerate(windows):
         next_start = windows[n + 1].start if n + 1 < len(windows) else len(groups)
         # A snapshot no later window starts from is handed over, so it is freed while decoding.
@@ -293,8 +300,12 @@ def _run_windows(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, nee
         with torch.set_grad_enabled(need_grad):
             # 1. Decode the window with gradient, from a snapshot whose past is a constant.
             for group in groups[win.start : win.stop]:
+                stream = {}
+                if streamed:  # the cache at the cut goes to host (after the last window too: off the device)
+                    stream = dict(offload=offloader, store=group.index == win.stop - 1)
                 frames, cache = decoder.decode_group(leaf[:, :, group.latent], cache, group,
-                                                     consume=win.start not in snapshots or group.index > win.start)
+                                                     consume=win.start not in snapshots or group.index > win.start,
+                                                     **stream)
                 if group.index in win.loss_groups:
                     part = plan.frame_loss(frames, group.pixel, batch)
                     share = part if share is None else share + part
@@ -302,13 +313,13 @@ def _run_windows(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, nee
             #    is the cut: later windows treat it as a constant.
             snapshots[win.stop] = cache.detach()
             del frames, cache
-            if offloader is not None:
-                snapshots[win.stop] = offloader.offload(snapshots[win.stop])
+            if offloader is not None and not streamed:
+                snapshots[win.stop] = offloader.store_tree(snapshots[win.stop])
             # 3. Backpropagate this window alone; its activations are freed before the next one.
             if need_grad:
                 _accumulate(torch.autograd.grad(share, inputs, allow_unused=True), grad_z, grad_p)
-            if offloader is not None:
-                snapshots[win.stop] = offloader.reload(snapshots[win.stop])
+            if offloader is not None and not streamed and win.stop < len(groups):
+                snapshots[win.stop] = offloader.fetch_tree(snapshots[win.stop])
         value += share.detach()
         # Keep only the snapshots that later windows start from.
         for key in [k for k in snapshots if k < next_start]:
@@ -316,43 +327,21 @@ def _run_windows(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, nee
     return value
 
 
-class _CacheOffloader:
-    """Moves a cache to pinned host memory on a side stream while backward runs, and back.
+_OFFLOADERS: dict[torch.device, CacheOffloader] = {}
 
-    The copy out overlaps the backward pass; the GPU copy is freed as soon as it is read. The
-    copy back happens after backward (the memory is needed then anyway). Host buffers are reused
-    across groups: every group after the first leaves a cache of the same shapes.
-    """
 
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.stream = device, torch.cuda.Stream(device)
-        self.buffers: dict[tuple, list[torch.Tensor]] = {}
+def _offloader(device: torch.device) -> CacheOffloader:
+    """One offloader per device for the whole process: its pinned host buffers (one per cache slot
+    and shape, about 2.7 GiB for the Wan 2.1 VAE at 480x832) are pinned once and serve every camera
+    and every later call. Each new resolution adds its own; :func:`release_offload_buffers` frees all."""
+    if device not in _OFFLOADERS:
+        _OFFLOADERS[device] = CacheOffloader(device)
+    return _OFFLOADERS[device]
 
-    def offload(self, cache: CausalCache) -> CausalCache:
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        free = {k: list(v) for k, v in self.buffers.items()}
 
-        def out(t: torch.Tensor) -> torch.Tensor:
-            key = (tuple(t.shape), t.dtype)
-            host = free.get(key, []).pop() if free.get(key) else None
-            if host is None:
-                host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-                self.buffers.setdefault(key, []).append(host)
-            host.copy_(t, non_blocking=True)
-            t.record_stream(self.stream)  # the allocator waits for the copy before reusing t
-            return host
-
-        with torch.cuda.stream(self.stream):
-            return CausalCache(map_tensors(out, cache.state))
-
-    def reload(self, cache: CausalCache) -> CausalCache:
-        with torch.cuda.stream(self.stream):
-            state = map_tensors(lambda t: t.to(self.device, non_blocking=True), cache.state)
-        main = torch.cuda.current_stream(self.device)
-        main.wait_stream(self.stream)
-        for t in iter_tensors(state):
-            t.record_stream(main)
-        return CausalCache(state)
+def release_offload_buffers() -> None:
+    """Drop the pinned host buffers ``offload_cache`` keeps between calls."""
+    _OFFLOADERS.clear()
 
 
 def _tiles(h: int, w: int, tile: tuple[int, int], halo: int):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import chopgrad_core as cg
-from chopgrad_core.config import ChopGradConfig
+from chopgrad_core.config import PRESETS, ChopGradConfig
 from chopgrad_core.errors import ChopGradError, NonFiniteError, ShapeError, UnsupportedVAEError
 from chopgrad_core.testing import tiny_wan21
 
@@ -106,13 +106,17 @@ class TestConfig:
         with pytest.raises(ChopGradError, match=r"chopgrad\.lpips_weights"):
             ChopGradConfig(loss="lpips")
 
-    def test_yaml_mirrors_the_dataclass(self):
+    @pytest.mark.parametrize("preset", sorted(PRESETS))
+    def test_yaml_mirrors_the_dataclass(self, preset):
         from dataclasses import fields
         from pathlib import Path
 
         import yaml
 
-        path = Path(__file__).parents[2] / "configs" / "chopgrad" / "default.yaml"
+        path = Path(__file__).parents[2] / "configs" / "chopgrad" / f"{preset}.yaml"
         keys = set(yaml.safe_load(path.read_text()))
         assert keys == {f.name for f in fields(ChopGradConfig)}
-        assert ChopGradConfig(**yaml.safe_load(path.read_text())) == ChopGradConfig()
+        assert ChopGradConfig(**yaml.safe_load(path.read_text())) == PRESETS[preset]
+
+    def test_default_preset_is_the_dataclass_default(self):
+        assert PRESETS["default"] == ChopGradConfig()
