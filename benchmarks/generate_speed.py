@@ -9,9 +9,8 @@ Named scenarios (``--scenario``):
   frames) overlapping by 1 latent frame, 4 sampler steps, guidance 1 (one model call per step).
 
 What runs is the pipeline's steps 4 and 5 (drivegen.generate.pipeline) on synthetic conditions:
-each chunk's control video is VAE-encoded as ``drivegen.train.trainer.prepare`` does (including its
-encode of the all-zero image tensor, which generation does not need: see the generation issue
-note), layout channels and box tokens are random, the transformer samples the chunk continuing
+each chunk's control video is VAE-encoded as ``drivegen.train.trainer.prepare_conditions`` does,
+layout channels and box tokens are random, the transformer samples the chunk continuing
 from the previous one (``sample_video``), and ``chopgrad_core.decode(stream=True)`` decodes group by
 group into host uint8 frames. The scene rendering (conditions/) and file writing are not timed:
 they need nuscenes-devkit and imageio, which the GPU machines lack.
@@ -106,7 +105,6 @@ def make_inputs(s: Scenario, model, vae, space, num_latent: int):
         frames = slice(4 * start, 4 * (start + length - 1) + 1)
         video = control_video[:, :, frames].to(dev, dtype)
         z = space.normalise(vae.encode(video).latent_dist.mode())  # (K, C, t, h, w)
-        vae.encode(torch.zeros_like(video))  # prepare's encode of the (all-zero) images: same cost
         h, w = z.shape[-2:]
         pooled = pool_layout(layout[:, :, frames].to(dev), length, (h, w))
         control = torch.cat([z.unsqueeze(0), pooled.to(z)], dim=2)

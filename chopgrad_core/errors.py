@@ -26,3 +26,7 @@ class UnsupportedVAEError(TypeError):
 
 class WeightsNotFoundError(ChopGradError, FileNotFoundError):
     """A local weights file is missing. Nothing is ever downloaded: the message names the config key."""
+
+
+class VideoError(ChopGradError):
+    """A video file or frame folder cannot be read, is empty, or does not match its pair."""

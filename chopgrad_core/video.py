@@ -16,14 +16,11 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 
-from chopgrad_core.errors import ChopGradError
+from chopgrad_core.errors import VideoError  # noqa: F401  (raised here; importable from here too)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4",)
 
-
-class VideoError(ChopGradError):
-    """A video file or frame folder cannot be read, is empty, or does not match its pair."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -147,6 +147,10 @@ class ModelConfig:
     """Largest latent frame count the box-token frame embedding supports."""
     num_text_tokens: int = 1
     """Learned null tokens used in place of text when no text embeddings are given."""
+    train_decoder: bool = False
+    """Fine-tune the VAE decoder through the ChopGrad pixel loss (the encoder stays frozen). The
+    tiny default turns it on: its VAE is random, so only a trained decoder turns latents into
+    pictures of the sample world."""
     pretrained: Optional[str] = None
     """Local diffusers-format folder with ``transformer/`` (WanVACETransformer3DModel) and ``vae/``
     (AutoencoderKLWan); the sizes above are then taken from it. Never downloaded."""
@@ -199,6 +203,25 @@ class ControlledWan(nn.Module):
             return_dict=False,
         )[0]
         return untile_cameras(out, k)
+
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
+"""Linear layers of the Wan blocks (and VACE blocks) that carry LoRA adapters."""
+
+
+def apply_lora(model: ControlledWan, rank: int) -> list[str]:
+    """LoRA (peft, via diffusers' ``add_adapter``) on the transformer's attention and feed-forward
+    layers; the base weights freeze, the new condition parts stay trainable: the box and camera
+    embeddings, the null text tokens and the control patch embedding (its input channels are ours,
+    so a pretrained VACE checkpoint has nothing to offer there). Returns the trainable names."""
+    from peft import LoraConfig
+
+    model.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS,
+                                             init_lora_weights=True))  # B = 0: starts as the base model
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name or not name.startswith("transformer.")
+                         or name.startswith("transformer.vace_patch_embedding."))
+    return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
 def pool_layout(layout_BKFCHW: torch.Tensor, latent_frames: int, latent_hw: tuple[int, int]) -> torch.Tensor:

@@ -314,6 +314,10 @@ class ClipWorker:
         # only compete with the other actors for the same cores.
         cv2.setNumThreads(1)
         zarr.config.set({"threading.max_workers": 1})
+        if opener is None:  # the real readers: import their libraries while the actor starts
+            from drivegen.ingest import warm_up
+
+            warm_up()
         self._out = out
         self._config = config
         self._layout = config.conditions.layout_config()

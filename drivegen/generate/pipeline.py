@@ -7,7 +7,7 @@ The Generator loads the checkpoint once (a Ray actor holds one) and runs scenari
 3. Conditions: render every frame of the edited scene with the store's conditions settings
    (drivegen.preprocess.render_clip_arrays, the same code that wrote the training store).
 4. Latents: sample chunk by chunk (drivegen.generate.sampler.sample_video); each chunk is
-   conditioned as a training clip of its own (drivegen.train.trainer.prepare).
+   conditioned as a training clip of its own (drivegen.train.trainer.prepare_conditions).
 5. Pixels: decode group by group (chopgrad_core.decode, stream=True) straight into the mp4
    writers and the dataroot's JPEGs, so memory does not grow with length.
 6. Labels and manifest: the edited scene as a nuScenes dataroot, then manifest.json; the
@@ -105,40 +105,14 @@ def _check_checkpoint(folder: str) -> Path:
 
 def load_checkpoint(folder: Path, device: torch.device, ema: bool):
     """(TrainConfig, ControlledWan in eval mode, VAE) from a drivegen.train checkpoint folder."""
-    from drivegen.train import trainer as train_module
+    from drivegen.train.trainer import load_trained
 
-    if hasattr(train_module, "load_trained"):
-        train_cfg, model, vae = train_module.load_trained(folder, device)
-    else:
-        train_cfg, model, vae = _load_trained(folder, device)
+    train_cfg, model, vae = load_trained(folder, device)
     if ema and (folder / "ema.safetensors").is_file():
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(folder / "ema.safetensors")))
     return train_cfg, model.to(device).eval().requires_grad_(False), vae.to(device).eval().requires_grad_(False)
-
-
-def _load_trained(folder: Path, device: torch.device):
-    """Temporary, until drivegen.train.trainer.load_trained lands: rebuild what training used."""
-    from omegaconf import OmegaConf
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from drivegen.model import ControlledWan
-    from drivegen.train.__main__ import to_config
-    from drivegen.train.trainer import load_pretrained, tiny_vae
-
-    with safe_open(str(folder / "model.safetensors"), "pt") as f:
-        meta = f.metadata()
-    train_cfg = to_config(OmegaConf.create(json.loads(meta["config"])))
-    transformer, vae = load_pretrained(train_cfg.model.pretrained) if train_cfg.model.pretrained else (None, None)
-    if (folder / "vae" / "config.json").is_file():
-        from diffusers import AutoencoderKLWan
-
-        vae = AutoencoderKLWan.from_pretrained(folder / "vae", local_files_only=True)
-    model = ControlledWan(train_cfg.model, transformer)
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    return train_cfg, model, vae if vae is not None else tiny_vae()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,7 +294,7 @@ class Generator:
         return chunk
 
     def _render(self, scenario: Scenario, edited: EditedScene, arrays: dict, cameras: list[str], out: Path) -> dict:
-        from drivegen.train.trainer import prepare
+        from drivegen.train.trainer import prepare_conditions
 
         cfg, device = self.cfg, self.device
         T = arrays["control"].shape[0]
@@ -334,8 +308,7 @@ class Generator:
         def inputs(start: int, length: int):
             frames = slice(4 * start, 4 * (start + length - 1) + 1)
             batch = _batch(arrays, frames)
-            _, _, control, cond = prepare(batch, self.vae, self.space, device)
-            return control, cond
+            return prepare_conditions(batch, self.vae, self.space, device)
 
         chunk = self._chunk_latents(n)
         t0 = time.perf_counter()
@@ -405,11 +378,12 @@ class Generator:
 
 
 def _batch(arrays: dict, frames: slice) -> dict:
-    """Rendered condition arrays (T leading) -> a ClipDataset-like batch of one clip (B = 1)."""
+    """Rendered condition arrays (T leading) -> a ClipDataset-like batch of one clip (B = 1), without
+    images (prepare_conditions does not read them)."""
     def t(name):
         return torch.from_numpy(np.ascontiguousarray(arrays[name][frames])).unsqueeze(0)
 
     control = t("control").permute(0, 1, 2, 5, 3, 4).float() / 127.5 - 1.0  # (B, T, K, 3, H, W)
-    return {"images": torch.zeros_like(control), "control": control, "layout": t("layout"),
+    return {"control": control, "layout": t("layout"),
             "box_corners": t("box_corners"), "box_params": t("box_params"), "box_class": t("box_class"),
             "box_mask": t("box_mask"), "intrinsics": t("intrinsics"), "cam_to_ego": t("cam_to_ego")}

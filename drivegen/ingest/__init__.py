@@ -84,6 +84,20 @@ def discover_logs(root: str | Path) -> list[LogRef]:
     return sorted(refs, key=lambda r: (r.kind, r.path, r.name))
 
 
+def warm_up() -> None:
+    """Import the readers' heavy dependencies now (nuscenes-devkit and its map API pull in
+    matplotlib, descartes, OpenCV; the Waymo protos pull in protobuf's descriptors): ~1 s of a
+    core per process. A Ray worker calls this as it starts, so a worker that joins a log at the
+    tail of a run pays only the log's own parsing (~0.3 s for the sample scene), not the imports."""
+    import importlib
+
+    for module in ("nuscenes.nuscenes", "nuscenes.map_expansion.map_api", "waymo_open_dataset.dataset_pb2"):
+        try:
+            importlib.import_module(module)
+        except ImportError:  # a missing reader dependency surfaces, with its fix, when a log needs it
+            pass
+
+
 def open_log(ref: LogRef) -> LogReader:
     """A reader for `ref`; raises LogError(log=ref.name, reason=...) when the log cannot be read."""
     if ref.kind == "nuscenes":

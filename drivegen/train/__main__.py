@@ -9,18 +9,12 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from chopgrad_core.config import ChopGradConfig
-from drivegen.model import ModelConfig
-from drivegen.objective import ObjectiveConfig
-from drivegen.train.config import DataConfig, TrainConfig, TrainerConfig
+from drivegen.train.config import TrainConfig
 from drivegen.train.trainer import Trainer
 
 
 def to_config(cfg: DictConfig) -> TrainConfig:
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    return TrainConfig(model=ModelConfig(**raw["model"]), data=DataConfig(**raw["data"]),
-                       objective=ObjectiveConfig(**raw["objective"]), chopgrad=ChopGradConfig(**raw["chopgrad"]),
-                       trainer=TrainerConfig(**raw["trainer"]))
+    return TrainConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
 
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="train")

@@ -67,6 +67,12 @@ class TrainerConfig:
     """Sampler steps for the videos written after training (0: no videos)."""
     save_every: int = 0
     """Steps between checkpoints (0: only at the end). Each replaces out/checkpoint atomically."""
+    lora: Optional[int] = None
+    """LoRA rank for the transformer's attention and feed-forward layers (peft, through diffusers'
+    adapter support); the condition embeddings and the control patch embedding stay fully trained.
+    null: full fine-tuning."""
+    tensorboard: bool = True
+    """Write TensorBoard scalars (losses, grad norm, learning rate, speed) under out/tensorboard."""
     resume: Optional[str] = None
     """A checkpoint folder to continue from, ``auto`` (out/checkpoint), or null."""
 
@@ -77,6 +83,8 @@ class TrainerConfig:
             raise TrainConfigError(f"trainer.grad_accum={self.grad_accum} must be >= 1")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise TrainConfigError(f"trainer.ema={self.ema} must be in (0, 1) or null")
+        if self.lora is not None and self.lora < 1:
+            raise TrainConfigError(f"trainer.lora={self.lora}: a LoRA rank >= 1, or null for full fine-tuning")
         if self.mixed_precision not in ("bf16", "no"):
             raise TrainConfigError(f"trainer.mixed_precision={self.mixed_precision!r}: choose bf16 or no")
 
@@ -88,3 +96,10 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     chopgrad: ChopGradConfig = field(default_factory=ChopGradConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "TrainConfig":
+        """From plain nested dicts: a resolved Hydra config or the JSON a checkpoint carries."""
+        return cls(model=ModelConfig(**raw["model"]), data=DataConfig(**raw["data"]),
+                   objective=ObjectiveConfig(**raw["objective"]), chopgrad=ChopGradConfig(**raw["chopgrad"]),
+                   trainer=TrainerConfig(**raw["trainer"]))

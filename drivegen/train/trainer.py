@@ -28,9 +28,10 @@ from drivegen.dataset import ClipDataset
 from drivegen.errors import DrivegenError
 from drivegen.generate.sampler import sample_latents
 from drivegen.video import mosaic, to_uint8, write_mp4
-from drivegen.model import ControlledWan, pool_layout
+from drivegen.model import ControlledWan, apply_lora, pool_layout
 from drivegen.objective import LatentSpace, losses
 from drivegen.train.config import TrainConfig, TrainConfigError
+from drivegen.train.evaluate import control_gap
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,40 +71,59 @@ def latent_frame_index(num_frames: int) -> torch.Tensor:
     return torch.tensor([0] + [4 * t for t in range(1, (num_frames - 1) // 4 + 1)])
 
 
+def _encode(vae, space: LatentSpace, video_BK3THW: torch.Tensor) -> torch.Tensor:
+    b, k = video_BK3THW.shape[:2]
+    z = vae.encode(video_BK3THW.flatten(0, 1)).latent_dist.mode()
+    return space.normalise(z).unflatten(0, (b, k))  # (B, K, C, t, h, w)
+
+
 @torch.no_grad()
-def prepare(batch: dict, vae, space: LatentSpace, device: torch.device) -> tuple:
-    """A ClipDataset batch -> (x0, frames, control, cond) as ``drivegen.objective.losses`` takes them."""
-    images = batch["images"].to(device)  # (B, T, K, 3, H, W) in [-1, 1]
-    b, t, k = images.shape[:3]
-    frames = images.permute(0, 2, 3, 1, 4, 5)  # (B, K, 3, T, H, W)
-
-    def encode(video_BK3THW: torch.Tensor) -> torch.Tensor:
-        z = vae.encode(video_BK3THW.flatten(0, 1)).latent_dist.mode()
-        return space.normalise(z).unflatten(0, (b, k))  # (B, K, C, t, h, w)
-
-    x0 = encode(frames)
-    control_video = batch["control"].to(device).permute(0, 2, 3, 1, 4, 5)
+def prepare_conditions(batch: dict, vae, space: LatentSpace, device: torch.device) -> tuple[torch.Tensor, dict]:
+    """A ClipDataset batch -> (control, cond): what the model is conditioned on, without the
+    frames' own latents (generation has no frames to encode)."""
+    control_video = batch["control"].to(device).permute(0, 2, 3, 1, 4, 5)  # (B, K, 3, T, H, W)
+    z = _encode(vae, space, control_video)
     layout = batch["layout"].to(device).float()  # (B, T, K, Cl, H, W) uint8 -> float
     layout[:, :, :, conditions.DEPTH_CHANNEL] /= 255.0
     keep = [c for c in range(layout.shape[3]) if c != conditions.INSTANCE_CHANNEL]
-    pooled = pool_layout(layout[:, :, :, keep].permute(0, 2, 1, 3, 4, 5), x0.shape[3], tuple(x0.shape[-2:]))
-    control = torch.cat([encode(control_video), pooled], dim=2)  # (B, K, C + Cl, t, h, w)
+    pooled = pool_layout(layout[:, :, :, keep].permute(0, 2, 1, 3, 4, 5), z.shape[3], tuple(z.shape[-2:]))
+    control = torch.cat([z, pooled], dim=2)  # (B, K, C + Cl, t, h, w)
 
-    idx = latent_frame_index(t)
+    idx = latent_frame_index(layout.shape[1])
     def per_latent_frame(x):  # (B, T, K, ...) -> (B, K, t, ...)
         return x[:, idx].transpose(1, 2).to(device)
 
     cond = dict(box_corners=per_latent_frame(batch["box_corners"]), box_params=per_latent_frame(batch["box_params"]),
                 box_class=per_latent_frame(batch["box_class"]), box_mask=per_latent_frame(batch["box_mask"]),
                 intrinsics=batch["intrinsics"][:, 0].to(device), cam_to_ego=batch["cam_to_ego"][:, 0].to(device))
-    return x0, frames, control, cond
+    return control, cond
 
 
-def tiny_vae():
-    """The randomly initialised Wan 2.1-layout VAE the embedded default trains with (frozen)."""
+@torch.no_grad()
+def prepare(batch: dict, vae, space: LatentSpace, device: torch.device) -> tuple:
+    """A ClipDataset batch -> (x0, frames, control, cond) as ``drivegen.objective.losses`` takes them."""
+    frames = batch["images"].to(device).permute(0, 2, 3, 1, 4, 5)  # (B, T, K, 3, H, W) -> (B, K, 3, T, H, W)
+    control, cond = prepare_conditions(batch, vae, space, device)
+    return _encode(vae, space, frames), frames, control, cond
+
+
+def tiny_vae(data: ClipDataset | None = None, clips: int = 8):
+    """The randomly initialised Wan 2.1-layout VAE the embedded default trains with.
+
+    Its latent statistics come from the data: Wan's published ``latents_mean/std`` describe the
+    real Wan VAE, and on a random one they leave the clip-to-clip content at ~0.1% of the latent
+    variance, so the flow-matching loss cannot see the controls. Per-channel statistics over a few
+    clips put the content back at ~25% (measured on the sample logs)."""
     from chopgrad_core.testing import tiny_wan21
 
-    return tiny_wan21().requires_grad_(False)
+    vae = tiny_wan21().requires_grad_(False)
+    if data is not None:
+        with torch.no_grad():
+            z = torch.cat([vae.encode(data[i]["images"].permute(1, 2, 0, 3, 4)).latent_dist.mode()
+                           for i in range(min(clips, len(data)))])  # (N*K, C, t, h, w)
+        vae.register_to_config(latents_mean=z.mean(dim=(0, 2, 3, 4)).tolist(),
+                               latents_std=z.std(dim=(0, 2, 3, 4)).clamp_min(1e-6).tolist())
+    return vae
 
 
 def load_pretrained(folder: str):
@@ -117,6 +137,30 @@ def load_pretrained(folder: str):
                                    "a local folder with transformer/ and vae/ (diffusers save_pretrained layout)")
     return (WanVACETransformer3DModel.from_pretrained(root / "transformer", local_files_only=True),
             AutoencoderKLWan.from_pretrained(root / "vae", local_files_only=True))
+
+
+def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[TrainConfig, ControlledWan, object]:
+    """(TrainConfig, ControlledWan, VAE) as a drivegen.train checkpoint folder left them: the VAE
+    is the checkpoint's own ``vae/`` (the tiny default's, fitted statistics and any fine-tuned
+    decoder included) or else the one of ``model.pretrained``. Weights are the raw model's;
+    ``ema.safetensors`` beside it holds the averaged ones."""
+    from diffusers import AutoencoderKLWan
+
+    path = Path(checkpoint)
+    model_file = path / "model.safetensors"
+    if not model_file.is_file():
+        raise TrainConfigError(f"checkpoint {str(path)!r} holds no model.safetensors; train one with "
+                               "`python -m drivegen.train` (it writes <trainer.out>/checkpoint)")
+    with safe_open(str(model_file), "pt") as f:
+        cfg = TrainConfig.from_dict(json.loads(f.metadata()["config"]))
+    transformer, vae = load_pretrained(cfg.model.pretrained) if cfg.model.pretrained else (None, None)
+    if (path / "vae" / "config.json").is_file():
+        vae = AutoencoderKLWan.from_pretrained(path / "vae", local_files_only=True)
+    model = ControlledWan(cfg.model, transformer)
+    if cfg.trainer.lora:
+        apply_lora(model, cfg.trainer.lora)
+    model.load_state_dict(load_file(str(model_file)))
+    return cfg, model.to(device), (vae if vae is not None else tiny_vae()).to(device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,20 +185,32 @@ class Trainer:
                                    "new path to preprocess one that fits)") from None
         if len(self.data.cameras) > cfg.model.max_cameras:
             raise TrainConfigError(f"the store has {len(self.data.cameras)} cameras; raise model.max_cameras")
-        transformer, vae = load_pretrained(cfg.model.pretrained) if cfg.model.pretrained else (None, tiny_vae())
+        transformer, vae = (load_pretrained(cfg.model.pretrained) if cfg.model.pretrained
+                            else (None, tiny_vae(self.data)))
         self.vae = vae.requires_grad_(False).to(self.device)
+        if cfg.model.train_decoder:  # the pixel loss reaches these through chopgrad_core.pixel_loss
+            self.vae.decoder.requires_grad_(True)
+            self.vae.post_quant_conv.requires_grad_(True)
         self.space = LatentSpace(self.vae)
         self.decoder = chopgrad_core.wrap(self.vae)
         self.model = ControlledWan(cfg.model, transformer).to(self.device)
         if tc.gradient_checkpointing:
             self.model.transformer.enable_gradient_checkpointing()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        if tc.lora:
+            apply_lora(self.model, tc.lora)
+        self.params = [p for p in [*self.model.parameters(), *self.vae.parameters()] if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay)
         self.ema = (torch.optim.swa_utils.AveragedModel(
             self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(tc.ema)) if tc.ema else None)
         self.out = Path(tc.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.history: list[dict[str, float]] = []
         self.step = 0
+        self.tb = None
+        if tc.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
         if tc.resume:
             self.load_checkpoint(self.out / "checkpoint" if tc.resume == "auto" else Path(tc.resume))
 
@@ -195,7 +251,7 @@ class Trainer:
             (out["total"] / tc.grad_accum).backward()
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) / tc.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip)
         self.opt.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
@@ -211,10 +267,21 @@ class Trainer:
             self.history.append(record)
             self.step = step + 1
             bar.set_postfix(flow=f"{record['flow']:.3f}", pixel=f"{record.get('pixel', 0):.3f}")
+            if self.tb is not None:
+                for key, value in record.items():
+                    self.tb.add_scalar(f"train/{key}", value, self.step)
+                self.tb.add_scalar("train/lr", self.opt.param_groups[0]["lr"], self.step)
+                self.tb.add_scalar("train/steps_per_s", bar.format_dict["rate"] or 0.0, self.step)
             if tc.save_every and self.step % tc.save_every == 0:
                 self.save_checkpoint()
         self.save_checkpoint()
+        if self.tb is not None:
+            self.tb.close()
         summary = self.summary(time.perf_counter() - t0)
+        if len(self.data) >= 2:  # does the model use its controls? (drivegen.train.evaluate)
+            clips = [prepare(torch.utils.data.default_collate([self.data[i]]), self.vae, self.space, self.device)
+                     for i in range(min(8, len(self.data)))]
+            summary["control_gap"] = {k: round(v, 4) for k, v in control_gap(self.model, clips).items()}
         if tc.sample_steps:
             summary["samples"] = self.write_samples()
         print(json.dumps(summary, indent=2))
@@ -261,6 +328,9 @@ class Trainer:
         tensors, layout = _flatten_optimizer(self.opt.state_dict())
         save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"layout": json.dumps(layout)})
         (tmp / "history.json").write_text(json.dumps(self.history))
+        save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        if not self.cfg.model.pretrained or self.cfg.model.train_decoder:  # the VAE is part of what was trained
+            self.vae.save_pretrained(tmp / "vae")
         old = self.out / "checkpoint.old"
         if final.exists():
             os.replace(final, old)
@@ -293,6 +363,10 @@ class Trainer:
             with safe_open(str(path / "ema.safetensors"), "pt") as f:
                 self.ema.n_averaged.fill_(int(f.metadata()["n_averaged"]))
         self.history = json.loads((path / "history.json").read_text())
+        if self.cfg.model.train_decoder and (path / "vae" / "diffusion_pytorch_model.safetensors").is_file():
+            self.vae.load_state_dict(load_file(str(path / "vae" / "diffusion_pytorch_model.safetensors")))
+        if (path / "rng.safetensors").is_file():
+            torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch"])
 
     def summary(self, seconds: float) -> dict:
         first, last = self.history[: max(1, len(self.history) // 10)], self.history[-max(1, len(self.history) // 10):]
