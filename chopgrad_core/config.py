@@ -5,10 +5,9 @@ Presets (``PRESETS``, Hydra ``chopgrad=<name>``):
 - ``default``: the paper's sliding window, D = 1, no memory levers.
 - ``low_memory``: D = 0 with every exact lever: cameras one at a time, decoder blocks recomputed
   (full-resolution ones in 4 horizontal strips) and the cache at each cut held in host memory.
-  Built for issue 2's target (full-size Wan 2.1 VAE, bf16, 480x832: <= 6 GiB at any length and
-  camera count within 1.5x the time of plain D = 0). The memory model predicts 5.3 GiB; the
-  last H100 run, made before two fixes not yet measured there, gave 7.1 GiB at 1.35-1.40x per
-  camera (benchmarks/RESULTS.md, issue 2).
+  Measured on an H100 (full-size Wan 2.1 VAE, bf16, 480x832): 5.38-5.41 GiB at 17 to 121 frames
+  with 1 and 6 cameras, at 1.45-1.47x the time of plain D = 0, whose peak is 19.2 GiB
+  (benchmarks/RESULTS.md, issue 2). Same gradient as plain D = 0.
 """
 
 from __future__ import annotations
