@@ -205,6 +205,16 @@ class ControlledWan(nn.Module):
         return untile_cameras(out, k)
 
 
+def null_conditions(control_BKCthw: torch.Tensor, cond: dict) -> tuple[torch.Tensor, dict]:
+    """The null condition: no layout/control (zeros, the mean latent in the normalised space) and
+    no boxes (every slot empty, i.e. the learned pad token); the cameras stay, they describe the
+    rig rather than the scene. Training drops to it (objective.control_dropout) so that sampling
+    can guide away from it (sampler.guidance)."""
+    null = dict(cond)
+    null["box_mask"] = torch.zeros_like(cond["box_mask"])
+    return torch.zeros_like(control_BKCthw), null
+
+
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 """Linear layers of the Wan blocks (and VACE blocks) that carry LoRA adapters."""
 

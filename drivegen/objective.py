@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 import chopgrad_core
 from chopgrad_core.config import ChopGradConfig
+from drivegen.model import null_conditions
 
 
 class LatentSpace:
@@ -50,10 +51,15 @@ class ObjectiveConfig:
     """Fixed noise level for one-step training (the paper's setting); None samples sigma."""
     logit_normal: bool = True
     """Sample sigma from a logit-normal (SD3) rather than uniform distribution."""
+    control_dropout: float = 0.1
+    """Share of batch elements trained with the null condition (no layout, no boxes), so that
+    generation can use guidance on the controls (generate's sampler.guidance != 1)."""
 
     def __post_init__(self) -> None:
         if self.sigma is not None and not 0.0 < self.sigma <= 1.0:
             raise ValueError(f"objective.sigma={self.sigma} must be in (0, 1] or null")
+        if not 0.0 <= self.control_dropout < 1.0:
+            raise ValueError(f"objective.control_dropout={self.control_dropout} must be in [0, 1)")
         if self.flow_weight < 0 or self.pixel_weight < 0:
             raise ValueError("objective.flow_weight and objective.pixel_weight must be >= 0")
 
@@ -77,6 +83,13 @@ def losses(model, decoder, space: LatentSpace, x0_BKCThw: torch.Tensor, frames_B
     noise = torch.randn(x0_BKCThw.shape, generator=generator).to(x0_BKCThw)
     s = sigma.view(b, 1, 1, 1, 1, 1)
     x_t = (1 - s) * x0_BKCThw + s * noise
+    if cfg.control_dropout > 0:  # some elements see the null condition (classifier-free guidance)
+        drop = torch.rand(b, generator=generator) < cfg.control_dropout
+        if drop.any():
+            null_control, null_cond = null_conditions(control_BKCThw, cond)
+            d = drop.to(x0_BKCThw.device)
+            control_BKCThw = torch.where(d.view(b, 1, 1, 1, 1, 1), null_control, control_BKCThw)
+            cond = dict(cond, box_mask=torch.where(d.view(b, 1, 1, 1), null_cond["box_mask"], cond["box_mask"]))
     velocity = model(x_t, sigma * 1000, control_BKCThw, cond, tuple(frames_BKcFHW.shape[-2:]))
     out = {"flow": F.mse_loss(velocity.float(), (noise - x0_BKCThw).float())}
     total = cfg.flow_weight * out["flow"]

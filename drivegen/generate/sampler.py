@@ -20,14 +20,7 @@ from typing import Callable
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-
-def null_conditions(control_BKCthw: torch.Tensor, cond: dict) -> tuple[torch.Tensor, dict]:
-    """The null condition that guidance contrasts with: no layout/control (zeros, the mean latent
-    in the normalised space) and no boxes (every slot empty, i.e. the learned pad token); the
-    cameras stay, they describe the rig rather than the scene."""
-    null = dict(cond)
-    null["box_mask"] = torch.zeros_like(cond["box_mask"])
-    return torch.zeros_like(control_BKCthw), null
+from drivegen.model import null_conditions  # noqa: F401  (training drops to the same null)
 
 
 @torch.no_grad()
