@@ -235,15 +235,20 @@ def consolidate(path: str | os.PathLike) -> None:
         zarr.consolidate_metadata(str(path))
 
 
-def write_report(path: str | os.PathLike, report: Mapping[str, Any]) -> None:
-    """Write report.json atomically (temp file, then rename)."""
-    final = Path(path) / REPORT
-    temp = final.with_name(f".{REPORT}.{uuid.uuid4().hex[:8]}.partial")
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write a JSON file atomically (temp file beside it, then rename): readers see old or new."""
+    final = Path(path)
+    temp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        temp.write_text(json.dumps(report, indent=2, default=str))
+        temp.write_text(json.dumps(obj, indent=2, default=str))
         os.replace(temp, final)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def write_report(path: str | os.PathLike, report: Mapping[str, Any]) -> None:
+    """Write report.json atomically (temp file, then rename)."""
+    write_json_atomic(Path(path) / REPORT, report)
 
 
 def read_report(path: str | os.PathLike) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from drivegen.errors import GenerateConfigError, ScenarioError
 from drivegen.generate.config import GenerateConfig
 from drivegen.generate.sampler import chunk_starts, sample_video
 from drivegen.generate.scenario import EditedScene, Scenario, apply_edits, load_scenario
+from drivegen.store import write_json_atomic
 from drivegen.video import mosaic, to_uint8
 
 MANIFEST = "manifest.json"
@@ -158,15 +159,6 @@ def source_clip(store: Path, clip: str | None, datasets, scenario: str) -> tuple
 # ----------------------------------------------------------------------------------------------
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, default=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def finished(folder: Path, key: str) -> bool:
     """Whether ``folder`` holds a finished generation with this key (scenario, checkpoint, settings)."""
     try:
@@ -270,7 +262,7 @@ class Generator:
                 "warnings": [str(w.message) for w in caught], "device": str(self.device),
                 "seconds": round(time.perf_counter() - t_start, 3), **stats,
             }
-            _atomic_json(tmp / MANIFEST, manifest)  # last file: a folder with a manifest is finished
+            write_json_atomic(tmp / MANIFEST, manifest)  # last file: a folder with a manifest is finished
             old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
             if folder.exists():
                 os.replace(folder, old)

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-CAMERAS = ["CAM_FRONT", "CAM_BACK"]
-IMAGE_SIZE = [32, 48]
+from generate_shared import CAMERAS, IMAGE_SIZE  # noqa: F401  (test modules import these from there)
 
 
 @dataclass(frozen=True)
@@ -55,8 +54,3 @@ def source_scene(logs):
     ref = next(r for r in discover_logs(logs) if r.kind == "nuscenes")
     return open_log(ref).scene
 
-
-def write_scenario(folder: Path, name: str, body: str) -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(f"name: {name}\n" + body)
-    return path

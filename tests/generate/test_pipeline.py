@@ -12,7 +12,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import pytest
 
-from conftest import CAMERAS, IMAGE_SIZE, write_scenario
+from generate_shared import CAMERAS, IMAGE_SIZE, write_scenario
 from drivegen.errors import GenerateConfigError
 from drivegen.generate import pipeline
 from drivegen.generate.batch import run
