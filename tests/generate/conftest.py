@@ -20,6 +20,17 @@ class World:
     root: Path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_left_behind():
+    """drivegen's embedded Ray (started by preprocess and batch runs) ends with each test module,
+    so later folders that start Ray with their own settings find none running."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def logs(tmp_path_factory) -> Path:
     from drivegen.sample_data import generate_sample_logs

@@ -33,6 +33,8 @@ OVERRIDES = [f"clip.length={T}", f"clip.stride={STRIDE}", "conditions.image_size
 def ray_local():
     import ray
 
+    if ray.is_initialized():  # an embedded Ray left by earlier tests lacks this module's PYTHONPATH
+        ray.shutdown()
     # Workers must import preprocess_logs (openers and refs are pickled by reference); Ray's
     # processes take the environment at ray.init, so it is restored right after.
     saved = os.environ.get("PYTHONPATH")
