@@ -186,7 +186,7 @@ def load_vae(path: str | None):
     from diffusers import AutoencoderKLWan
 
     if path is None:
-        from chopgrad_core.testing import tiny_wan21
+        from chopgrad_core.tiny import tiny_wan21
 
         vae = tiny_wan21()
         # Wan's published latents_mean/std describe the trained VAE; a random encoder's latents are

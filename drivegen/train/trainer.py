@@ -114,7 +114,7 @@ def tiny_vae(data: ClipDataset | None = None, clips: int = 8):
     real Wan VAE, and on a random one they leave the clip-to-clip content at ~0.1% of the latent
     variance, so the flow-matching loss cannot see the controls. Per-channel statistics over a few
     clips put the content back at ~25% (measured on the sample logs)."""
-    from chopgrad_core.testing import tiny_wan21
+    from chopgrad_core.tiny import tiny_wan21
 
     vae = tiny_wan21().requires_grad_(False)
     if data is not None:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import chopgrad_core as cg
-from chopgrad_core.testing import tiny_cogvideox, tiny_wan21, tiny_wan22
+from chopgrad_core.tiny import tiny_cogvideox, tiny_wan21, tiny_wan22
 
 RTOL = 1e-5  # fp32 relative error the exactness claims are held to
 

@@ -8,7 +8,7 @@ import torch
 import chopgrad_core as cg
 from chopgrad_core.config import PRESETS, ChopGradConfig
 from chopgrad_core.errors import ChopGradError, NonFiniteError, ShapeError, UnsupportedVAEError
-from chopgrad_core.testing import tiny_wan21
+from chopgrad_core.tiny import tiny_wan21
 
 
 @pytest.fixture(scope="module")

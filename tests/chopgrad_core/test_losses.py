@@ -9,7 +9,7 @@ import torch
 
 import chopgrad_core as cg
 from chopgrad_core.lpips import LPIPS
-from chopgrad_core.testing import tiny_wan21
+from chopgrad_core.tiny import tiny_wan21
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 SCRIPT = r"""
 import json, resource, sys, torch
 torch.set_num_threads(1)
-from chopgrad_core.testing import tiny_wan21
+from chopgrad_core.tiny import tiny_wan21
 import chopgrad_core as cg
 mode, t, hw = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 vae = tiny_wan21().requires_grad_(False)

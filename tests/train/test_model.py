@@ -9,7 +9,7 @@ import torch
 from diffusers import WanVACETransformer3DModel
 
 import chopgrad_core as cg
-from chopgrad_core.testing import tiny_wan21
+from chopgrad_core.tiny import tiny_wan21
 from drivegen.model import ControlledWan, ModelConfig, pool_layout, tile_cameras, untile_cameras
 from drivegen.objective import LatentSpace, ObjectiveConfig, losses
 

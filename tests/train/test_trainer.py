@@ -91,7 +91,7 @@ class TestPretrained:
 
     def test_local_folder_loads_unchanged(self, store, tmp_path):
         import torch
-        from chopgrad_core.testing import tiny_wan21
+        from chopgrad_core.tiny import tiny_wan21
         from drivegen.model import ControlledWan, ModelConfig
 
         source = ControlledWan(ModelConfig())

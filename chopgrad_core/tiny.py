@@ -1,4 +1,5 @@
-"""Tiny random-initialised VAEs of every supported family, for tests and CPU benchmarks (DESIGN.md 4)."""
+"""Tiny random-initialised VAEs of every supported family: the embedded default model (trained from
+scratch on the CPU by `make train` and the heads), the tests and the CPU benchmarks."""
 
 from __future__ import annotations
 
