@@ -30,3 +30,15 @@ class WeightsNotFoundError(ChopGradError, FileNotFoundError):
 
 class VideoError(ChopGradError):
     """A video file or frame folder cannot be read, is empty, or does not match its pair."""
+
+
+class HeadConfigError(ChopGradError):
+    """A setting of ``python -m chopgrad_core.heads.finetune`` / ``restore`` is invalid (names the key)."""
+
+
+class CheckpointError(ChopGradError):
+    """A checkpoint file is missing, truncated or not one this code wrote (names the file and the fix)."""
+
+
+class OutputNotWritableError(ChopGradError, PermissionError):
+    """An output folder cannot be written; raised before any work starts (names the config key)."""
