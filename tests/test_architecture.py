@@ -7,10 +7,11 @@ Every import statement is read, including imports inside functions, methods and
 1. Stages do not import each other. The stages are `STAGES`; any module under one stage that
    imports any module of another stage fails (`drivegen.train` <-> `drivegen.generate`, and later
    `drivegen.evaluate`). Shared code belongs below the stages (`drivegen.model`, `drivegen.data`).
-2. No module imports another module's private name: `from x import _y` (x another module, `_y` a
-   single-underscore name, whether or not x re-exports it from a submodule) and `x._y` attribute
-   access on an imported first-party module. A private name used outside its module is a missing
-   public module or function. Dunder names (`__version__`) are not private.
+2. No module imports another module's private name: `from x import _y` (x another module of
+   `PACKAGES`, `_y` a single-underscore name, whether or not x re-exports it from a submodule)
+   and `x._y` attribute access on an imported first-party module. A private name used outside
+   its module is a missing public module or function. Dunder names (`__version__`) are not
+   private.
 3. Production code never imports test code or test tools: `TEST_ONLY_MODULES`.
 4. Layering: a module under a key of `FORBIDDEN_IMPORTS` must not import any module under the
    listed prefixes (`chopgrad_core` and `conditions` know nothing of `drivegen`, and nothing of
