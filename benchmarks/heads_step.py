@@ -82,7 +82,7 @@ SCENARIOS = {
 
 
 def build(scenario: dict, head_name: str):
-    from chopgrad_core.heads import ModelConfig, OneStepRestorer, make_head
+    from chopgrad_core.heads import HeadModelConfig, OneStepRestorer, make_head
 
     torch.manual_seed(0)
     head = make_head({"name": head_name})
@@ -91,7 +91,7 @@ def build(scenario: dict, head_name: str):
         from diffusers import AutoencoderKLWan
 
         vae = AutoencoderKLWan()  # Wan 2.1 default config, random weights
-    model = OneStepRestorer(ModelConfig(**scenario["model"]), head.extra_channels, vae=vae)
+    model = OneStepRestorer(HeadModelConfig(**scenario["model"]), head.extra_channels, vae=vae)
     dtype = getattr(torch, scenario["dtype"])
     model = model.to(device=scenario["device"], dtype=dtype)
     return model, head
@@ -205,10 +205,9 @@ def main() -> None:
              f"full = autograd through every decoder group. Peak above models, optimizer state and inputs.\n\n"
              "| head | case | step time | peak | note |\n|---|---|---|---|---|\n"
              + "\n".join(fmt_row(r) for r in rows) + "\n")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"heads_step_{args.scenario}_{device}_{dt.date.today().isoformat()}.md"
-    path.write_text(table)
+    from chopgrad_core.atomic import write_text
+
+    path = write_text(Path(args.out) / f"heads_step_{args.scenario}_{device}_{dt.date.today().isoformat()}.md", table)
     print(f"wrote {path}")
 
 

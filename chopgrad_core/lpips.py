@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from chopgrad_core.atomic import save_safetensors
 from chopgrad_core.errors import ChopGradError, ShapeError, WeightsNotFoundError
 
 __all__ = ["LPIPS", "convert", "main"]
@@ -284,17 +285,6 @@ def _load_checked(model: LPIPS, state: Mapping[str, Tensor], source: Path | str)
     model.load_state_dict(state, strict=True)
 
 
-def _atomic_save_safetensors(state: dict[str, Tensor], out: Path, metadata: dict[str, str]) -> None:
-    # Write beside the target, then rename: a crash never leaves a truncated weights file behind.
-    partial = out.with_name(out.name + ".partial")
-    try:
-        safetensors.torch.save_file(state, partial, metadata=metadata)
-        os.replace(partial, out)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-
-
 def convert(
     net: Net,
     backbone: str | os.PathLike[str],
@@ -324,8 +314,7 @@ def convert(
     # safetensors refuses views that share storage; own copies keep the file self-contained.
     merged = {k: v.detach().contiguous().clone() for k, v in merged.items()}
     _load_checked(LPIPS(net), merged, source=f"{backbone} + {lin}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save_safetensors(merged, out, metadata={"net": net, "lpips_version": "0.1"})
+    save_safetensors(merged, out, metadata={"net": net, "lpips_version": "0.1"})  # atomic
     return out
 
 

@@ -20,13 +20,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from chopgrad_core.errors import ChopGradError
+from chopgrad_core.errors import HeadConfigError
 from chopgrad_core.heads.restoration import check_frames
 from chopgrad_core.video import VideoError, list_videos, read_video, to_float
 
 
 @dataclass(kw_only=True)
-class DataConfig:
+class HeadDataConfig:
     """Where clips come from (``configs/finetune/data/*.yaml``)."""
 
     root: str = "datasets/sample/nuscenes/sweeps"
@@ -34,7 +34,7 @@ class DataConfig:
     degraded_root: Optional[str] = None
     """Folder mirroring root with the degraded render of each video (same relative path and frame
     count): degraded/clean pairs (task=enhance). null = synthetic degradation by the task."""
-    prepare: Optional[list[str]] = field(default_factory=lambda: ["drivegen.sample_data", "--out", "datasets/sample"])
+    prepare: Optional[list[str]] = field(default_factory=lambda: ["drivegen.data.sample_data", "--out", "datasets/sample"])
     """Module and arguments run as ``python -m ...`` when root is missing (makes the embedded
     sample data); null = fail with an error instead."""
     frames: int = 5
@@ -47,14 +47,17 @@ class DataConfig:
     """Evaluation clips per held-out video."""
 
     def __post_init__(self) -> None:
+        if not self.root:
+            raise HeadConfigError("data.root is empty; set data.root=/path/to/videos (a folder of mp4 files or "
+                                  "frame folders)")
         check_frames(self.frames, f"data.frames={self.frames}: a clip")
         if len(self.crop) != 2 or min(self.crop) < 16 or any(s % 16 for s in self.crop):
-            raise ChopGradError(f"data.crop={list(self.crop)} must be [H, W], multiples of 16")
+            raise HeadConfigError(f"data.crop={list(self.crop)} must be [H, W], multiples of 16")
         if self.held_out < 1 or self.eval_clips < 1:
-            raise ChopGradError("data.held_out and data.eval_clips must be >= 1")
+            raise HeadConfigError(f"data.held_out={self.held_out} and data.eval_clips={self.eval_clips} must be >= 1")
 
 
-def ensure_root(cfg: DataConfig) -> None:
+def ensure_root(cfg: HeadDataConfig) -> None:
     """Run ``data.prepare`` when ``data.root`` is missing, or fail naming the command and the key."""
     root = Path(cfg.root)
     if root.exists():
@@ -83,7 +86,7 @@ class Video:
 class VideoSet:
     """The videos of ``data.root`` (and their pairs), split into training and held-out videos."""
 
-    def __init__(self, cfg: DataConfig) -> None:
+    def __init__(self, cfg: HeadDataConfig) -> None:
         self.cfg = cfg
         ensure_root(cfg)
         root = Path(cfg.root)
@@ -122,10 +125,6 @@ class VideoSet:
             raise VideoError(f"pair sizes differ: {str(other)!r} is {degraded.shape[1]}x{degraded.shape[2]}, "
                              f"{str(path)!r} is {clean.shape[1]}x{clean.shape[2]}")
         return degraded
-
-    @property
-    def paired(self) -> bool:
-        return self.cfg.degraded_root is not None
 
     def _clip(self, video: Video, f0: int, y0: int, x0: int,
               size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from chopgrad_core.errors import ChopGradError
+from chopgrad_core.errors import HeadConfigError
 from chopgrad_core.heads import degrade as D
 from chopgrad_core.heads.restoration import Head, HeadConfig, Sample
 
@@ -43,8 +43,10 @@ class EnhanceConfig(HeadConfig):
         super().__post_init__()
         if min(self.blur_sigma, self.ghost_strength, self.ghost_shift, self.floaters, self.floater_opacity,
                self.colour_shift) < 0 or self.ghost_strength >= 1 or self.floater_opacity > 1:
-            raise ChopGradError("task.blur_sigma, ghost_shift, floaters, colour_shift must be >= 0, "
-                                "task.ghost_strength in [0, 1) and task.floater_opacity in [0, 1]")
+            raise HeadConfigError(
+                f"task.blur_sigma={self.blur_sigma}, task.ghost_shift={self.ghost_shift}, task.floaters={self.floaters}"
+                f", task.colour_shift={self.colour_shift} must be >= 0, task.ghost_strength={self.ghost_strength} in "
+                f"[0, 1) and task.floater_opacity={self.floater_opacity} in [0, 1]; change the one out of range")
 
 
 class EnhanceHead(Head):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from chopgrad_core.errors import ChopGradError, ShapeError
+from chopgrad_core.errors import HeadConfigError, ShapeError
 from chopgrad_core.heads.restoration import Head, HeadConfig, Sample, pool_to_latent
 from chopgrad_core.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoError, is_frame_folder, read_video
 
@@ -48,11 +48,12 @@ class InpaintConfig(HeadConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mask not in MASKS:
-            raise ChopGradError(f"task.mask={self.mask!r} is unknown; choose one of {', '.join(MASKS)}")
+            raise HeadConfigError(f"task.mask={self.mask!r} is unknown; choose one of {', '.join(MASKS)}")
         if self.mask == "folder" and not self.mask_folder:
-            raise ChopGradError("task.mask=folder needs task.mask_folder=/path/to/masks")
+            raise HeadConfigError("task.mask=folder needs task.mask_folder=/path/to/masks")
         if self.strokes < 1 or not 0 < self.stroke_width < 1 or not -1 <= self.fill <= 1:
-            raise ChopGradError("task.strokes must be >= 1, task.stroke_width in (0, 1), task.fill in [-1, 1]")
+            raise HeadConfigError(f"task.strokes={self.strokes} must be >= 1, task.stroke_width={self.stroke_width} "
+                                  f"in (0, 1), task.fill={self.fill} in [-1, 1]; change the one out of range")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,18 +39,20 @@ from typing import Optional
 import safetensors
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 
 import chopgrad_core
+from chopgrad_core.atomic import save_safetensors
 from chopgrad_core.config import ChopGradConfig
-from chopgrad_core.errors import ChopGradError, ShapeError, WeightsNotFoundError
+from chopgrad_core.errors import CheckpointError, HeadConfigError, ShapeError, WeightsNotFoundError
 
 OUTPUTS = ("pixel_residual", "latent_residual")
 CHECKPOINT_FORMAT = "chopgrad-head/1"
 
 
 @dataclass(kw_only=True)
-class ModelConfig:
+class HeadModelConfig:
     """The one-step restoration model (``model:`` in configs/finetune/finetune.yaml)."""
 
     vae: Optional[str] = None
@@ -75,13 +77,15 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
-            raise ChopGradError(f"model.output={self.output!r} is unknown; choose one of {', '.join(OUTPUTS)}")
+            raise HeadConfigError(f"model.output={self.output!r} is unknown; choose one of {', '.join(OUTPUTS)}")
         if self.output == "pixel_residual" and not self.train_decoder:
-            raise ChopGradError("model.output=pixel_residual needs model.train_decoder=true (the decoder learns to "
+            raise HeadConfigError("model.output=pixel_residual needs model.train_decoder=true (the decoder learns to "
                                 "decode corrections); or set model.output=latent_residual")
-        if min(self.num_attention_heads, self.attention_head_dim, self.num_layers, self.ffn_dim, self.text_dim) < 1:
-            raise ChopGradError("model.num_attention_heads, attention_head_dim, num_layers, ffn_dim and text_dim "
-                                "must be >= 1")
+        sizes = {k: getattr(self, k) for k in ("num_attention_heads", "attention_head_dim", "num_layers", "ffn_dim",
+                                                "text_dim")}
+        bad = [f"model.{k}={v}" for k, v in sizes.items() if v < 1]
+        if bad:
+            raise HeadConfigError(f"{', '.join(bad)}: model sizes must be >= 1")
 
 
 @dataclass(kw_only=True)
@@ -97,7 +101,7 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         if self.pixel_weight < 0 or self.latent_weight < 0 or self.pixel_weight + self.latent_weight == 0:
-            raise ChopGradError(f"task.pixel_weight={self.pixel_weight} and task.latent_weight={self.latent_weight} "
+            raise HeadConfigError(f"task.pixel_weight={self.pixel_weight} and task.latent_weight={self.latent_weight} "
                                 "must be >= 0 and not both 0")
 
 
@@ -203,7 +207,7 @@ def load_vae(path: str | None):
 class OneStepRestorer(nn.Module):
     """VAE + Wan transformer + a learned context token: conditioning latents -> clean latents."""
 
-    def __init__(self, config: ModelConfig, extra_channels: int, vae: nn.Module | None = None) -> None:
+    def __init__(self, config: HeadModelConfig, extra_channels: int, vae: nn.Module | None = None) -> None:
         from diffusers import WanTransformer3DModel
 
         super().__init__()
@@ -299,45 +303,49 @@ class OneStepRestorer(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: str | Path, model: OneStepRestorer, head: Head, extra: dict | None = None) -> Path:
+def save_head(path: str | Path, model: OneStepRestorer, head: Head, extra: dict | None = None) -> Path:
     """Transformer, context token and the whole VAE (fine-tuned decoder, frozen encoder) plus the
-    configs in the file's metadata, so :func:`load_checkpoint` needs nothing else. Atomic."""
-    from chopgrad_core.lpips import _atomic_save_safetensors
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    configs in the file's metadata, so :func:`load_head` needs nothing else. Atomic
+    (``chopgrad_core.atomic``): a crash never leaves a truncated checkpoint under ``path``."""
     meta = {"format": CHECKPOINT_FORMAT, "task": json.dumps(asdict(head.config)),
             "model": json.dumps(asdict(model.config)),
             # Without "_use_default_values", from_config would reset those keys to the class defaults
             # (it would undo the tiny VAE's calibrated latents_mean/std).
             "vae_config": json.dumps({k: v for k, v in dict(model.vae.config).items() if k != "_use_default_values"}),
             "extra": json.dumps(extra or {})}
-    _atomic_save_safetensors(state, path, meta)
-    return path
+    return save_safetensors(model.state_dict(), path, meta)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[OneStepRestorer, Head, dict]:
-    """(model, head, extra) from a file written by :func:`save_checkpoint`."""
+def load_head(path: str | Path, device: str | torch.device = "cpu") -> tuple[OneStepRestorer, Head, dict]:
+    """(model, head, extra) from a file written by :func:`save_head`.
+
+    A missing, truncated or foreign file raises :class:`CheckpointError` naming it."""
     from diffusers import AutoencoderKLWan
 
     from chopgrad_core.heads import make_head
 
     path = Path(path)
+    retrain = ("train one with python -m chopgrad_core.heads.finetune (it writes <train.out>/head.safetensors) "
+               "and pass that file")
     if not path.is_file():
-        raise WeightsNotFoundError(f"head checkpoint {str(path)!r} does not exist; train one with "
-                                   "python -m chopgrad_core.finetune (it writes <train.out>/head.safetensors)")
+        raise CheckpointError(f"head checkpoint {str(path)!r} does not exist or is not a file; {retrain}")
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise ChopGradError(f"cannot read head checkpoint {str(path)!r}: {type(e).__name__}: {e}") from e
+    except (SafetensorError, OSError) as e:  # truncated, or not safetensors at all
+        raise CheckpointError(f"head checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e}); the file "
+                              f"is damaged or not a safetensors file: {retrain}") from e
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ChopGradError(f"{str(path)!r} is not a chopgrad_core head checkpoint (format {meta.get('format')!r}, "
-                            f"expected {CHECKPOINT_FORMAT!r})")
-    head = make_head(json.loads(meta["task"]))
-    vae = AutoencoderKLWan.from_config(json.loads(meta["vae_config"]))
-    model = OneStepRestorer(ModelConfig(**json.loads(meta["model"])), head.extra_channels, vae=vae)
-    model.load_state_dict(state, strict=True)
-    return model.to(device).eval(), head, json.loads(meta.get("extra", "{}"))
+        raise CheckpointError(f"{str(path)!r} is not a chopgrad_core head checkpoint (format {meta.get('format')!r}, "
+                              f"expected {CHECKPOINT_FORMAT!r}); {retrain}")
+    try:
+        head = make_head(json.loads(meta["task"]))
+        vae = AutoencoderKLWan.from_config(json.loads(meta["vae_config"]))
+        model = OneStepRestorer(HeadModelConfig(**json.loads(meta["model"])), head.extra_channels, vae=vae)
+        model.load_state_dict(state, strict=True)
+        extra = json.loads(meta.get("extra", "{}"))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # metadata or tensors of another version
+        raise CheckpointError(f"head checkpoint {str(path)!r} does not match this code ({type(e).__name__}: "
+                              f"{str(e)[:300]}); {retrain}") from e
+    return model.to(device).eval(), head, extra

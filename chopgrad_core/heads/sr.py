@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from chopgrad_core.errors import ChopGradError, ShapeError
+from chopgrad_core.errors import HeadConfigError, ShapeError
 from chopgrad_core.heads import degrade as D
 from chopgrad_core.heads.restoration import Head, HeadConfig, Sample
 
@@ -40,13 +40,13 @@ class SRConfig(HeadConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.scale not in (2, 4):
-            raise ChopGradError(f"task.scale={self.scale} must be 2 or 4")
+            raise HeadConfigError(f"task.scale={self.scale} must be 2 or 4")
         if self.blur_sigma < 0 or self.noise_std < 0:
-            raise ChopGradError("task.blur_sigma and task.noise_std must be >= 0")
+            raise HeadConfigError(f"task.blur_sigma={self.blur_sigma} and task.noise_std={self.noise_std} must be >= 0")
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 95:
-            raise ChopGradError(f"task.jpeg_quality={self.jpeg_quality} must be in 1..95 or null")
+            raise HeadConfigError(f"task.jpeg_quality={self.jpeg_quality} must be in 1..95 or null")
         if self.h264_crf is not None and not 0 <= self.h264_crf <= 51:
-            raise ChopGradError(f"task.h264_crf={self.h264_crf} must be in 0..51 or null")
+            raise HeadConfigError(f"task.h264_crf={self.h264_crf} must be in 0..51 or null")
 
 
 class SRHead(Head):

@@ -133,7 +133,8 @@ class TestLPIPSWeights:
             "--lin", str(tmp_path / "alex.pth"), "--out", str(out),
         ]) == 0
         assert sorted(safetensors.torch.load_file(out)) == sorted(state)
-        assert not (tmp_path / "lpips_alex.safetensors.partial").exists()
+        # written atomically (chopgrad_core.atomic): no temporary file left beside it
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["alex.pth", "alexnet-owt.pth", "lpips_alex.safetensors"]
         x, y = _images(), _images(seed=1)
         loaded = LPIPS.from_local(out, net="alex")
         torch.testing.assert_close(loaded(x, y), alex(x, y), atol=0, rtol=0)

@@ -19,11 +19,11 @@ def _cpu_settings():
 
 @pytest.fixture(scope="session")
 def sample_videos(tmp_path_factory) -> dict:
-    """DataConfig keys for the sample logs' camera sweeps, written by the finetune data path itself
-    (``data.prepare`` runs ``python -m drivegen.sample_data`` when the root is missing)."""
-    from chopgrad_core.heads.data import DataConfig, ensure_root
+    """HeadDataConfig keys for the sample logs' camera sweeps, written by the finetune data path itself
+    (``data.prepare`` runs ``python -m drivegen.data.sample_data`` when the root is missing)."""
+    from chopgrad_core.heads.data import HeadDataConfig, ensure_root
 
     out = tmp_path_factory.mktemp("sample") / "sample"
-    keys = dict(root=str(out / "nuscenes" / "sweeps"), prepare=["drivegen.sample_data", "--out", str(out)])
-    ensure_root(DataConfig(**keys))
+    keys = dict(root=str(out / "nuscenes" / "sweeps"), prepare=["drivegen.data.sample_data", "--out", str(out)])
+    ensure_root(HeadDataConfig(**keys))
     return keys

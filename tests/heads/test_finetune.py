@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from chopgrad_core.config import ChopGradConfig
-from chopgrad_core.finetune import FinetuneConfig, TrainConfig, finetune
-from chopgrad_core.heads import load_checkpoint, make_head
-from chopgrad_core.heads.data import DataConfig
-from chopgrad_core.restore import restore_video
+from chopgrad_core.heads.finetune import FinetuneConfig, HeadTrainConfig, finetune
+from chopgrad_core.heads import load_head, make_head
+from chopgrad_core.heads.data import HeadDataConfig
+from chopgrad_core.heads.restore import restore_video
 from chopgrad_core.video import read_video, write_mp4
 
 # 50 steps of batch 2 on 48x64 crops of 5 frames (about 20 s per head on one core). The held-out
@@ -26,10 +26,10 @@ def trained(sample_videos, tmp_path_factory) -> dict:
     runs = {}
     for task in ("sr", "inpaint", "enhance"):
         cfg = FinetuneConfig(task=make_head({"name": task}).config,
-                             data=DataConfig(**sample_videos, crop=[48, 64], eval_clips=3),
+                             data=HeadDataConfig(**sample_videos, crop=[48, 64], eval_clips=3),
                              chopgrad=ChopGradConfig(loss="mse", mode="sliding", window=1),
-                             train=TrainConfig(steps=STEPS, device="cpu", out=str(tmp_path_factory.mktemp(task))))
-        runs[task] = finetune(cfg, progress=False)
+                             train=HeadTrainConfig(steps=STEPS, device="cpu", out=str(tmp_path_factory.mktemp(task))))
+        runs[task] = finetune(cfg, show_progress=False)
     return runs
 
 
@@ -56,12 +56,12 @@ class TestHeadsBeatBaselines:
 
 
 class TestRestore:
-    """python -m chopgrad_core.restore reproduces the model's output from the checkpoint alone: mp4 in,
+    """python -m chopgrad_core.heads.restore reproduces the model's output from the checkpoint alone: mp4 in,
     mp4 out, at the head's output size and the input's frame count."""
 
     @pytest.mark.parametrize("task", ["sr", "inpaint", "enhance"])
     def test_checkpoint_restores_like_trained_model(self, trained, task):
-        model, head, extra = load_checkpoint(trained[task]["checkpoint"])
+        model, head, extra = load_head(trained[task]["checkpoint"])
         assert head.name == task and extra["steps"] == STEPS
         x = torch.rand(1, 3, 5, 32, 48) * 2 - 1 if task == "sr" else torch.rand(1, 3, 5, 64, 96) * 2 - 1
         sample = head.prepare(x)

@@ -1,8 +1,8 @@
-"""Frame counts, bad files, pairs, masks and configs: clear errors that name the file or the key."""
+"""Frame counts, bad files, pairs, masks, checkpoints and restore options: clear errors that name the file or
+the option (configs: test_configs.py)."""
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -10,17 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from chopgrad_core.errors import ChopGradError, ShapeError
-from chopgrad_core.heads import HEADS, ModelConfig, OneStepRestorer, make_head
-from chopgrad_core.heads.data import DataConfig, VideoSet, ensure_root
+from chopgrad_core.errors import CheckpointError, HeadConfigError, OutputNotWritableError, ShapeError
+from chopgrad_core.heads import HEADS, HeadModelConfig, OneStepRestorer, load_head, make_head, save_head
+from chopgrad_core.heads.data import HeadDataConfig, VideoSet
 from chopgrad_core.heads.inpaint import InpaintHead
+from chopgrad_core.heads.restore import restore_video
 from chopgrad_core.video import VideoError, read_video, write_mp4
 
 
 @pytest.fixture(scope="module")
 def models() -> dict:
     torch.manual_seed(0)
-    return {name: (OneStepRestorer(ModelConfig(), make_head({"name": name}).extra_channels), make_head({"name": name}))
+    return {name: (OneStepRestorer(HeadModelConfig(), make_head({"name": name}).extra_channels), make_head({"name": name}))
             for name in HEADS}
 
 
@@ -50,11 +51,9 @@ class TestFrameCounts:
             model.restore(head, head.prepare(x))
 
     def test_restore_of_wrong_length_file_names_file(self, models, tmp_path):
-        from chopgrad_core.heads import save_checkpoint
-        from chopgrad_core.restore import restore_video
 
         model, head = models["enhance"]
-        ckpt = save_checkpoint(tmp_path / "head.safetensors", model, head)
+        ckpt = save_head(tmp_path / "head.safetensors", model, head)
         src = write_mp4(tmp_path / "six.mp4", _frames(6))
         with pytest.raises(ShapeError, match="six.mp4.*6 frames"):
             restore_video(ckpt, src, tmp_path / "out.mp4")
@@ -62,7 +61,7 @@ class TestFrameCounts:
 
     def test_data_frames_not_1_plus_4k_names_key(self):
         with pytest.raises(ShapeError, match="data.frames=6"):
-            DataConfig(frames=6)
+            HeadDataConfig(frames=6)
 
 
 class TestBadVideos:
@@ -87,7 +86,7 @@ class TestBadVideos:
 
     def test_folder_without_videos_names_key(self, tmp_path):
         with pytest.raises(VideoError, match="data.root=.*no mp4"):
-            VideoSet(DataConfig(root=str(tmp_path), prepare=None))
+            VideoSet(HeadDataConfig(root=str(tmp_path), prepare=None))
 
     def test_mp4_round_trip_keeps_frames(self, tmp_path):
         frames = np.zeros((5, 32, 48, 3), np.uint8) + 100
@@ -99,7 +98,7 @@ class TestBadVideos:
         for name, n in (("clean", 9), ("degraded", 5)):
             write_mp4(tmp_path / name / "a.mp4", _frames(n))
             write_mp4(tmp_path / name / "b.mp4", _frames(9))
-        cfg = DataConfig(root=str(tmp_path / "clean"), degraded_root=str(tmp_path / "degraded"), prepare=None,
+        cfg = HeadDataConfig(root=str(tmp_path / "clean"), degraded_root=str(tmp_path / "degraded"), prepare=None,
                          crop=[32, 48])
         with pytest.raises(VideoError, match=r"degraded/a.mp4.* 5 frames.*clean/a.mp4.* 9"):
             VideoSet(cfg)
@@ -107,7 +106,7 @@ class TestBadVideos:
     def test_missing_pair_names_file(self, tmp_path):
         write_mp4(tmp_path / "clean" / "a.mp4", _frames(5))
         (tmp_path / "degraded").mkdir()
-        cfg = DataConfig(root=str(tmp_path / "clean"), degraded_root=str(tmp_path / "degraded"), prepare=None,
+        cfg = HeadDataConfig(root=str(tmp_path / "clean"), degraded_root=str(tmp_path / "degraded"), prepare=None,
                          crop=[32, 48])
         with pytest.raises(VideoError, match="degraded/a.mp4.*does not exist"):
             VideoSet(cfg)
@@ -116,7 +115,7 @@ class TestBadVideos:
         for i in range(2):
             write_mp4(tmp_path / "clean" / f"{i}.mp4", _frames(9))
             write_mp4(tmp_path / "degraded" / f"{i}.mp4", _frames(9)[..., ::-1])
-        data = VideoSet(DataConfig(root=str(tmp_path / "clean"), degraded_root=str(tmp_path / "degraded"),
+        data = VideoSet(HeadDataConfig(root=str(tmp_path / "clean"), degraded_root=str(tmp_path / "degraded"),
                                    prepare=None, crop=[32, 48]))
         clean, degraded = data.batch(2, torch.Generator().manual_seed(0))
         assert clean.shape == degraded.shape == (2, 3, 5, 32, 48)
@@ -172,67 +171,86 @@ class TestMasks:
         assert mask.shape == (2, 1, 5, 64, 96) and float(mask.mean()) == pytest.approx(0.5)
 
     def test_restore_mask_of_wrong_size_names_file(self, models, tmp_path):
-        from chopgrad_core.heads import save_checkpoint
-        from chopgrad_core.restore import restore_video
 
         model, head = models["inpaint"]
-        ckpt = save_checkpoint(tmp_path / "head.safetensors", model, head)
+        ckpt = save_head(tmp_path / "head.safetensors", model, head)
         imageio.imwrite(tmp_path / "m.png", np.full((10, 10), 255, np.uint8))
         src = write_mp4(tmp_path / "v.mp4", _frames(5))
         with pytest.raises(ShapeError, match="m.png.*10x10"):
             restore_video(ckpt, src, tmp_path / "o.mp4", mask=tmp_path / "m.png")
 
 
-class TestConfigs:
-    """configs/finetune mirrors the dataclasses 1:1; bad values and unknown keys name the key; a missing
-    data root without data.prepare, or with a module that is not installed, names the command and key."""
+@pytest.fixture(scope="module")
+def ckpt(models, tmp_path_factory):
+    model, head = models["sr"]
+    return save_head(tmp_path_factory.mktemp("ckpt") / "head.safetensors", model, head, extra={"steps": 3})
 
-    def _compose(self, *overrides):
-        from hydra import compose, initialize_config_dir
 
-        with initialize_config_dir(version_base="1.3", config_dir=str(Path(__file__).parents[2] / "configs/finetune")):
-            return compose(config_name="finetune", overrides=list(overrides))
+@pytest.fixture(scope="module")
+def enhance_ckpt(models, tmp_path_factory):
+    model, head = models["enhance"]
+    return save_head(tmp_path_factory.mktemp("enh") / "head.safetensors", model, head)
 
-    @pytest.mark.parametrize("task", list(HEADS))
-    def test_yaml_keys_equal_dataclass_fields(self, task):
-        from omegaconf import OmegaConf
 
-        from chopgrad_core.config import ChopGradConfig
-        from chopgrad_core.finetune import TrainConfig, to_config
+class TestCheckpoints:
+    """A head checkpoint that is missing, truncated, not safetensors or not a head raises CheckpointError
+    naming the file and how to make a good one; a good one round-trips exactly."""
 
-        raw = OmegaConf.to_container(self._compose(f"task={task}"), resolve=True)
-        raw.pop("hydra", None)
-        for key, cls in (("task", HEADS[task][0]), ("data", DataConfig), ("model", ModelConfig),
-                         ("chopgrad", ChopGradConfig), ("train", TrainConfig)):
-            assert set(raw[key]) == {f.name for f in fields(cls)}, key
-        assert to_config(raw).task.name == task
+    def test_saved_head_loads_same_weights_and_config(self, models, ckpt):
+        model, head, extra = load_head(ckpt)
+        assert head.config == models["sr"][1].config and extra == {"steps": 3}
+        ref = models["sr"][0].state_dict()
+        assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+        assert not list(ckpt.parent.glob(".*partial*"))  # atomic: no temporary left beside it
 
-    def test_folder_data_yaml_keys_equal_dataclass_fields(self):
-        from omegaconf import OmegaConf
+    def test_missing_checkpoint_names_file_and_finetune(self, tmp_path):
+        with pytest.raises(CheckpointError, match=r"nothing.safetensors.*does not exist.*heads.finetune"):
+            load_head(tmp_path / "nothing.safetensors")
 
-        raw = OmegaConf.to_container(self._compose("data=folder", "data.root=/x"), resolve=True)
-        assert set(raw["data"]) == {f.name for f in fields(DataConfig)}
+    def test_truncated_checkpoint_names_file(self, ckpt, tmp_path):
+        cut = tmp_path / "cut.safetensors"
+        cut.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+        with pytest.raises(CheckpointError, match=r"cut.safetensors.*cannot be read"):
+            load_head(cut)
 
-    def test_unknown_task_key_names_it(self):
-        with pytest.raises(ChopGradError, match="task=sr.*bogus"):
-            make_head({"name": "sr", "bogus": 1})
+    def test_random_bytes_checkpoint_names_file(self, tmp_path):
+        junk = tmp_path / "junk.safetensors"
+        junk.write_bytes(np.random.default_rng(0).bytes(2048))
+        with pytest.raises(CheckpointError, match=r"junk.safetensors"):
+            load_head(junk)
 
-    def test_bad_scale_names_key(self):
-        with pytest.raises(ChopGradError, match="task.scale=3"):
-            make_head({"name": "sr", "scale": 3})
+    def test_foreign_safetensors_names_format(self, tmp_path):
+        import safetensors.torch
 
-    def test_missing_root_without_prepare_names_key(self, tmp_path):
-        with pytest.raises(VideoError, match="data.root=.*does not exist"):
-            ensure_root(DataConfig(root=str(tmp_path / "nothing"), prepare=None))
+        other = tmp_path / "other.safetensors"
+        safetensors.torch.save_file({"w": torch.zeros(2)}, str(other))
+        with pytest.raises(CheckpointError, match=r"other.safetensors.*not a chopgrad_core head checkpoint"):
+            load_head(other)
 
-    def test_missing_root_with_uninstalled_module_names_command_and_key(self, tmp_path):
-        cfg = DataConfig(root=str(tmp_path / "nothing"), prepare=["no_such_pkg_xyz.make", "--out", "x"])
-        with pytest.raises(VideoError) as err:
-            ensure_root(cfg)
-        assert "`python -m no_such_pkg_xyz.make --out x`" in str(err.value) and "(data.prepare)" in str(err.value)
 
-    def test_pairs_for_other_tasks_are_refused(self):
-        from chopgrad_core.finetune import FinetuneConfig
+class TestRestoreOptions:
+    """restore refuses bad options before loading anything, naming the option: a mask for a non-inpainting
+    head, a non-mp4 output, an unwritable output folder."""
 
-        with pytest.raises(ChopGradError, match="data.degraded_root"):
-            FinetuneConfig(task=make_head({"name": "sr"}).config, data=DataConfig(degraded_root="/x"))
+    def test_mask_for_enhance_head_names_option(self, enhance_ckpt, tmp_path):
+        src = write_mp4(tmp_path / "v.mp4", _frames(5))
+        imageio.imwrite(tmp_path / "m.png", np.full((32, 48), 255, np.uint8))
+        with pytest.raises(HeadConfigError, match=r"--mask=.*m.png.*enhance head"):
+            restore_video(enhance_ckpt, src, tmp_path / "o.mp4", mask=tmp_path / "m.png")
+
+    def test_non_mp4_output_names_option(self, enhance_ckpt, tmp_path):
+        with pytest.raises(HeadConfigError, match=r"output=.*o.avi.*\.mp4"):
+            restore_video(enhance_ckpt, tmp_path / "v.mp4", tmp_path / "o.avi")
+
+    def test_unwritable_output_folder_fails_before_work(self, enhance_ckpt, tmp_path):
+        blocker = tmp_path / "file"
+        blocker.write_text("")  # a file where the output folder should be
+        with pytest.raises(OutputNotWritableError, match=r"output=.*file/sub"):
+            restore_video(enhance_ckpt, tmp_path / "missing.mp4", blocker / "sub" / "o.mp4")
+
+    def test_command_line_reports_bad_input_without_traceback(self, tmp_path, capsys):
+        from chopgrad_core.heads.restore import main
+
+        assert main([str(tmp_path / "none.safetensors"), str(tmp_path / "in.mp4"), str(tmp_path / "out.mp4")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: head checkpoint") and "none.safetensors" in err and "Traceback" not in err

@@ -1,4 +1,4 @@
-"""Video quality metrics, the comparison table and the comparison strip.
+"""Video quality metrics of the task heads, their comparison table and strip (written atomically).
 
 - PSNR over a clip (data range 2 for frames in [-1, 1]), in dB; higher is better.
 - SSIM (``chopgrad_core.ssim``, Gaussian window), mean over frames; higher is better.
@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from chopgrad_core.atomic import write_png
 from chopgrad_core.ssim import ssim
-from chopgrad_core.video import mosaic, to_uint8, write_png
+from chopgrad_core.video import mosaic, to_uint8
 
 METRICS = ("psnr", "ssim", "lpips", "flicker")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "flicker": False}
