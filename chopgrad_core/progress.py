@@ -13,6 +13,7 @@ first and the last. One function for chopgrad_core's heads and drivegen's stages
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable
 from typing import IO, Any
@@ -25,17 +26,19 @@ __all__ = ["LOG_INTERVAL_S", "progress"]
 LOG_INTERVAL_S = 10.0
 _LOG_FORMAT = "{desc}: {n_fmt}/{total_fmt} ({percentage:3.0f}%) [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 _LOG_FORMAT_NO_TOTAL = "{desc}: {n_fmt} [{elapsed}, {rate_fmt}{postfix}]"
+_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # ANSI cursor movement (tqdm's stacked bars)
 
 
 class _Lines:
     """A stream wrapper that turns tqdm's ``\\r``-redraws into whole lines: each non-empty status
-    becomes one line ending in ``\\n`` (tqdm's padding spaces stripped)."""
+    becomes one line ending in ``\\n`` (tqdm's padding spaces and, for stacked bars, its
+    cursor-movement escape codes stripped)."""
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
 
     def write(self, s: str) -> int:
-        for part in s.replace("\r", "\n").split("\n"):
+        for part in _ESCAPE.sub("", s).replace("\r", "\n").split("\n"):
             if part.strip():
                 self.stream.write(part.rstrip() + "\n")
         return len(s)
@@ -45,6 +48,14 @@ class _Lines:
 
 
 class _Bar(tqdm):
+    @staticmethod
+    def format_meter(*args, **kwargs) -> str:
+        # A bar's total may be set after it starts (bar.total += n); the log line then follows it.
+        total = kwargs["total"] if "total" in kwargs else args[1]
+        if kwargs.get("bar_format") == _LOG_FORMAT and not total:
+            kwargs["bar_format"] = _LOG_FORMAT_NO_TOTAL
+        return tqdm.format_meter(*args, **kwargs)
+
     # set_postfix / set_description redraw at once by default: at every step of a loop that calls
     # them, which defeats the rate limit. Here they only update the text the next redraw shows.
     def set_postfix(self, ordered_dict=None, refresh: bool = False, **kwargs) -> None:
@@ -67,8 +78,8 @@ def progress(iterable: Iterable | None = None, total: int | None = None, desc: s
     if interactive:
         return _Bar(iterable, total=total, desc=desc, unit=unit, disable=disable, file=stream, dynamic_ncols=True,
                     **kwargs)
-    if total is None and iterable is not None and hasattr(iterable, "__len__"):
-        total = len(iterable)
+    # Stacked bars (position=1, ...) move the cursor with escape codes; in a log each bar simply
+    # writes its own lines.
+    kwargs.pop("position", None)
     return _Bar(iterable, total=total, desc=desc, unit=unit, disable=disable, file=_Lines(stream), ascii=True,
-                mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S,
-                bar_format=_LOG_FORMAT if total else _LOG_FORMAT_NO_TOTAL, **kwargs)
+                mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, bar_format=_LOG_FORMAT, **kwargs)

@@ -166,6 +166,15 @@ class Mp4Writer:
         if not self._closed:
             self.close(ok=exc_type is None)
 
+    def __del__(self) -> None:
+        # A writer dropped without close() (an error between two appends) must not leave an ffmpeg
+        # process or a temporary file behind; it is discarded, never published.
+        if not getattr(self, "_closed", True):
+            try:
+                self.close(ok=False)
+            except Exception:
+                pass
+
     def _start(self, h: int, w: int) -> None:
         import imageio_ffmpeg
 

@@ -34,7 +34,8 @@ class HeadDataConfig:
     degraded_root: Optional[str] = None
     """Folder mirroring root with the degraded render of each video (same relative path and frame
     count): degraded/clean pairs (task=enhance). null = synthetic degradation by the task."""
-    prepare: Optional[list[str]] = field(default_factory=lambda: ["drivegen.data.sample_data", "--out", "datasets/sample"])
+    prepare: Optional[list[str]] = field(
+        default_factory=lambda: ["drivegen.data.sample_data", "--out", "datasets/sample"])
     """Module and arguments run as ``python -m ...`` when root is missing (makes the embedded
     sample data); null = fail with an error instead."""
     frames: int = 5

@@ -25,6 +25,9 @@ Two output parameterisations (``model.output``):
 - ``latent_residual``: output = decode(x_hat), x_hat = latents of the baseline + the transformer's
   output (which starts at zero), pixel target = clean. For a pretrained VAE that reconstructs well.
 
+Checkpoints are one self-contained safetensors file (:func:`save_head`, written atomically, and
+:func:`load_head`, which raises ``CheckpointError`` naming a missing, damaged or foreign file).
+
 Shape legend: B batch, c pixel channels, F frames, H W output size, C latent channels, E extra
 condition channels, T latent frames, h w latent size.
 """

@@ -21,8 +21,8 @@ from chopgrad_core.video import VideoError, read_video, write_mp4
 @pytest.fixture(scope="module")
 def models() -> dict:
     torch.manual_seed(0)
-    return {name: (OneStepRestorer(HeadModelConfig(), make_head({"name": name}).extra_channels), make_head({"name": name}))
-            for name in HEADS}
+    heads = {name: make_head({"name": name}) for name in HEADS}
+    return {name: (OneStepRestorer(HeadModelConfig(), head.extra_channels), head) for name, head in heads.items()}
 
 
 def _frames(n: int, h: int = 32, w: int = 48) -> np.ndarray:

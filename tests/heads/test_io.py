@@ -73,6 +73,18 @@ class TestMp4Writer:
             w.append(_frames(2, 16, 16))
         assert _leftovers(tmp_path) == []
 
+    def test_dropped_writer_leaves_nothing(self, tmp_path):
+        w = Mp4Writer(tmp_path / "v.mp4")
+        w.append(_frames(2))
+        proc = w._proc
+        del w  # never closed: discarded, the encoder stopped
+        assert _leftovers(tmp_path) == [] and proc.poll() is not None
+
+    def test_close_without_frames_names_file(self, tmp_path):
+        with pytest.raises(VideoError, match=r"v.mp4.*no frames"):
+            Mp4Writer(tmp_path / "v.mp4").close()
+        assert _leftovers(tmp_path) == []
+
     def test_float_frames_are_refused(self, tmp_path):
         with pytest.raises(VideoError, match=r"v.mp4.*uint8.*to_uint8"):
             write_mp4(tmp_path / "v.mp4", np.zeros((2, 32, 48, 3), np.float32))
@@ -92,6 +104,19 @@ class TestProgress:
         assert "\r" not in log.getvalue()
         assert 1 <= len(lines) <= 4, lines
         assert lines[-1].startswith("finetune sr: 1000/1000 (100%)") and "loss=" in lines[-1]
+
+    def test_stacked_bars_with_late_total_write_plain_lines(self):
+        log = io.StringIO()
+        logs = progress(total=2, desc="logs", unit="log", position=0, file=log)
+        clips = progress(total=0, desc="clips", unit="clip", position=1, file=log)
+        clips.total += 4  # known only once the first log is read
+        clips.update(4)
+        logs.update(2)
+        clips.close()
+        logs.close()
+        text = log.getvalue()
+        assert "\x1b" not in text and "\r" not in text
+        assert "clips: 4/4 (100%)" in text and text.splitlines()[-1].startswith("logs: 2/2 (100%)")
 
     def test_disabled_writes_nothing(self):
         log = io.StringIO()
