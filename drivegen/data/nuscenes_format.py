@@ -236,6 +236,7 @@ def write_scene_dataroot(
     map_layers: Callable[[MapExpansion], None] | None = None,
     num_lidar_pts: int = 1,
     log_fields: Mapping[str, str] | None = None,
+    keyframes: Sequence[int] | None = None,
 ) -> dict[str, list]:
     """Write `scene` (a conditions.Scene) as a nuScenes dataroot under `dataroot`; return the tables.
 
@@ -257,7 +258,9 @@ def write_scene_dataroot(
     - `calibration[camera]`: (translation, rotation wxyz) written as given (default: from
       cam_to_ego; a matrix -> quaternion round trip would change the last bits);
     - `categories`: the category table (default: the ten written for box classes);
-    - `num_lidar_pts`: written on every annotation; `log_fields` override the log record.
+    - `num_lidar_pts`: written on every annotation; `log_fields` override the log record;
+    - `keyframes`: explicit keyframe indices (frames before the first or after the last are
+      sweeps outside the annotated span, as at the ends of real nuScenes scenes).
 
     No lidar exists for a generated clip: num_lidar_pts is 1 by default so that the devkit's
     detection evaluation, which drops boxes without points, keeps every box; visibility is not
@@ -270,9 +273,12 @@ def write_scene_dataroot(
     tok = tokens or Tokens(f"{version}/{scene_name}")
     frames = scene.frames
     T = len(frames)
-    keyframes = list(range(0, T, keyframe_every))
-    if keyframes[-1] != T - 1:
-        keyframes.append(T - 1)  # the scene spans all frames: the last one is annotated too
+    if keyframes is not None:
+        keyframes = sorted(int(k) for k in keyframes)
+    else:
+        keyframes = list(range(0, T, keyframe_every))
+        if keyframes[-1] != T - 1:
+            keyframes.append(T - 1)  # the scene spans all frames: the last one is annotated too
     if categories is None:
         categories = [NUSCENES_CATEGORY[c] for c in NUSCENES_CATEGORY]
     tables: dict[str, list] = static_tables(tok, categories)

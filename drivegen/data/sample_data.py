@@ -22,6 +22,11 @@ next to it, then renamed, so a crash never leaves a half-written sample):
 Each format carries one labelled object outside the box taxonomy (a nuScenes 'animal', a Waymo
 TYPE_SIGN) so that readers' unmapped-class reports are exercised; these are not drawn.
 
+Variants (`SampleVariant`, tests only; the default writes the logs above, byte for byte) add what
+real logs have and the pipeline must leave out and report: unannotated frames at both ends, a
+Waymo segment without map_features or without images, a nuScenes location without its expansion
+map, Waymo camera-only 2D labels. `SampleLog.dropped` is what a reader must report for each.
+
 Conventions: world/ego x forward, y left, z up (conditions.geometry); ego origin on the ground in
 both formats. Waymo camera frame: x forward, y left, z up (converted with `WAYMO_CAM_FROM_CONDITIONS`).
 Timestamps in microseconds. Shape legend: N agents, T frames, H W image size.
@@ -30,6 +35,7 @@ Timestamps in microseconds. Shape legend: N agents, T frames, H W image size.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -61,6 +67,7 @@ __all__ = [
     "WAYMO_SEGMENT_NAME",
     "SampleLog",
     "SampleLogs",
+    "SampleVariant",
     "generate_sample_logs",
 ]
 
@@ -107,6 +114,27 @@ _WAYMO_HFOV_DEG = 50.0
 
 
 @dataclass(frozen=True)
+class SampleVariant:
+    """Deviations from the default sample logs (all off by default), for tests of what is dropped."""
+
+    unannotated_frames: int = 0
+    """Frames without annotations before the first and after the last annotated one, in each log
+    (nuScenes: sweeps of every camera; Waymo: records without laser labels)."""
+    nuscenes_map: bool = True
+    """Write the nuScenes map expansion (false: the location has no expansion map)."""
+    waymo_map: bool = True
+    """Write the Waymo map_features."""
+    waymo_images: bool = True
+    """Write the Waymo camera images (false: a conditions-only segment)."""
+    waymo_camera_only_labels: int = 0
+    """Camera-only 2D labels (no laser label, hence no 3D box) per Waymo record, on FRONT."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.unannotated_frames, int) and self.unannotated_frames >= 0):
+            raise DrivegenError(f"unannotated_frames = {self.unannotated_frames!r}; expected an int >= 0")
+
+
+@dataclass(frozen=True)
 class SampleLog:
     """What a correct reader of one written log returns, for tests."""
 
@@ -124,6 +152,8 @@ class SampleLog:
     """Expected SceneSource.unmapped_classes."""
     world_map: tuple[MapElement, ...]
     """The map the JPEGs are drawn with (Waymo's map_features hold only part of it)."""
+    dropped: dict = field(default_factory=dict)
+    """Expected `reader.dropped.summary()`."""
 
 
 @dataclass(frozen=True)
@@ -251,12 +281,15 @@ def _ego_road_layers(expansion: MapExpansion) -> None:
         })
 
 
-def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: Tokens, write_images: bool) -> SampleLog:
+def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: Tokens, write_images: bool,
+                    variant: SampleVariant) -> SampleLog:
     cameras = _nuscenes_cameras(image_hw)
     period_us = 1e6 / _NUSCENES_HZ
-    frame_t = [_T0_US + int(round(i * period_us)) for i in range(_NUSCENES_FRAMES)]
+    u = variant.unannotated_frames  # sweeps outside the annotated span, at each end
+    frame_t = [_T0_US + int(round(i * period_us)) for i in range(-u, _NUSCENES_FRAMES + u)]
     cam_t = {cam.name: [t + k * _NUSCENES_CAMERA_STAGGER_US for t in frame_t] for k, cam in enumerate(cameras)}
-    keyframes = tuple(range(0, _NUSCENES_FRAMES, _NUSCENES_KEY_EVERY))
+    keyframes = tuple(u + k for k in range(0, _NUSCENES_FRAMES, _NUSCENES_KEY_EVERY))
+    span = slice(u, u + _NUSCENES_FRAMES)
     log_name = "drivegen-sample-boston"
     N = len(world.classes)
     # Track n is world agent n (instance n); one unmapped 'animal' follows them (instance N).
@@ -288,7 +321,10 @@ def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: Tokens,
                                                 size=(0.8, 0.3, 0.6), yaw=_CITY_YAW)],
             map_layers=_ego_road_layers, num_lidar_pts=20,
             log_fields={"logfile": log_name, "vehicle": "drivegen-synthetic", "date_captured": "2018-08-01"},
+            keyframes=keyframes,
         )
+        if not variant.nuscenes_map:
+            (dataroot / "maps" / "expansion" / f"{NUSCENES_LOCATION}.json").unlink()
         # 2. The camera JPEGs: each camera's view of the world at its own timestamps.
         for cam in cameras:
             frames = tuple(Frame(timestamp_us=t, ego_to_world=world.ego_at(t), agents=world.agents_at(t))
@@ -308,16 +344,22 @@ def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: Tokens,
     frames = tuple(
         Frame(timestamp_us=t, ego_to_world=world.ego_at(t), agents=world.agents_at(
             t, keep=np.arange(N), classes=tuple(mapping.classes[:N])))
-        for t in cam_t["CAM_FRONT"]
+        for t in cam_t["CAM_FRONT"][span]
     )
-    scene = Scene(cameras=cameras, frames=frames, map_elements=world.map_elements,
+    expansion = dataroot / "maps" / "expansion" / f"{NUSCENES_LOCATION}.json"
+    no_map = None if variant.nuscenes_map else (
+        f"no map expansion {str(expansion)!r} for location {NUSCENES_LOCATION!r}: map channels are empty; "
+        f"unpack nuScenes-map-expansion (v1.3 or later) into {str(expansion.parent)!r}")
+    scene = Scene(cameras=cameras, frames=frames, map_elements=world.map_elements if variant.nuscenes_map else (),
                   source=SceneSource(dataset="nuscenes", scene_id=NUSCENES_SCENE_NAME,
                                      unmapped_classes={"animal": len(keyframes)}))
     return SampleLog(
         ref=LogRef(kind="nuscenes", path=str(dataroot), name=NUSCENES_SCENE_NAME, version=NUSCENES_VERSION),
         scene=scene, track_keys=tuple(instance_tokens[:N]),
         world_classes={instance_tokens[n]: world.classes[n] for n in range(N)},
-        keyframes=keyframes, unmapped={"animal": len(keyframes)}, world_map=world.map_elements,
+        keyframes=tuple(k - u for k in keyframes), unmapped={"animal": len(keyframes)}, world_map=world.map_elements,
+        dropped={"unmapped_classes": {"animal": len(keyframes)}, "labels_without_box": 0, "cameras_without_images": {},
+                 "has_map": variant.nuscenes_map, "no_map": no_map, "frames_outside_span": 2 * u},
     )
 
 
@@ -365,13 +407,16 @@ def _waymo_map_features(world: _World, map_pb2, tok: Tokens) -> list:
     return feats
 
 
-def _write_waymo(root: Path, world: _World, image_hw, seed: int, tok: Tokens, write_images: bool) -> SampleLog:
+def _write_waymo(root: Path, world: _World, image_hw, seed: int, tok: Tokens, write_images: bool,
+                 variant: SampleVariant) -> SampleLog:
     from waymo_open_dataset import dataset_pb2, label_pb2
     from waymo_open_dataset.protos import map_pb2
 
     H, W = image_hw
     cameras = _waymo_cameras(image_hw)
-    times = [_T0_US + int(round(i * 1e6 / _WAYMO_HZ)) for i in range(_WAYMO_FRAMES)]
+    u = variant.unannotated_frames  # records without laser labels, at each end
+    times = [_T0_US + int(round(i * 1e6 / _WAYMO_HZ)) for i in range(-u, _WAYMO_FRAMES + u)]
+    annotated = range(u, u + _WAYMO_FRAMES)
     labelled = np.array([n for n, c in enumerate(world.classes) if c in _WAYMO_TYPE])
     label_ids = [tok("waymo-label", n)[:22] for n in labelled]
     sign_id, sign_xy = tok("waymo-label", "sign")[:22], _city_point(18.0, -9.6)
@@ -399,7 +444,7 @@ def _write_waymo(root: Path, world: _World, image_hw, seed: int, tok: Tokens, wr
         world_to_ego = np.linalg.inv(pose)
         frame = dataset_pb2.Frame(context=context, timestamp_micros=t)
         frame.pose.transform.extend(pose.ravel().tolist())
-        if jpegs is not None:
+        if jpegs is not None and variant.waymo_images:
             for k, cam in enumerate(cameras):
                 img = frame.images.add(name=dataset_pb2.CameraName.Name.Value(cam.name), image=jpegs[i][k])
                 img.pose.transform.extend(pose.ravel().tolist())
@@ -410,6 +455,13 @@ def _write_waymo(root: Path, world: _World, image_hw, seed: int, tok: Tokens, wr
                   world.velocity_N3[n]) for j, n in enumerate(labelled)]
         boxes.append((sign_id, label_pb2.Label.TYPE_SIGN, np.array([*sign_xy, 1.5]), np.array([0.2, 0.8, 3.0]),
                       _CITY_YAW, np.zeros(3)))
+        if i not in annotated:
+            boxes = []
+        elif variant.waymo_camera_only_labels:  # 2D boxes with no laser label: nothing 3D to draw
+            camera_labels = frame.camera_labels.add(name=dataset_pb2.CameraName.Name.Value("FRONT"))
+            for j in range(variant.waymo_camera_only_labels):
+                lab = camera_labels.labels.add(id=f"camera-only-{i}-{j}", type=label_pb2.Label.TYPE_PEDESTRIAN)
+                lab.box.center_x, lab.box.center_y, lab.box.length, lab.box.width = 40.0 + 10 * j, 60.0, 12.0, 30.0
         for label_id, label_type, center, size, yaw, vel in boxes:
             c = world_to_ego[:3, :3] @ center + world_to_ego[:3, 3]
             v = world_to_ego[:3, :3] @ vel  # Waymo metadata speeds are in the vehicle frame
@@ -418,7 +470,7 @@ def _write_waymo(root: Path, world: _World, image_hw, seed: int, tok: Tokens, wr
             label.box.length, label.box.width, label.box.height = (float(x) for x in size)
             label.box.heading = float(np.arctan2(np.sin(yaw - ego_yaw), np.cos(yaw - ego_yaw)))
             label.metadata.speed_x, label.metadata.speed_y = float(v[0]), float(v[1])
-        if i == 0:  # Waymo v1.4.2+: the map only on the first frame of a segment
+        if i == 0 and variant.waymo_map:  # Waymo v1.4.2+: the map only on the first frame of a segment
             frame.map_features.extend(_waymo_map_features(world, map_pb2, tok))
         payloads.append(frame.SerializeToString(deterministic=True))
 
@@ -433,19 +485,25 @@ def _write_waymo(root: Path, world: _World, image_hw, seed: int, tok: Tokens, wr
     types = [_WAYMO_TYPE[world.classes[n]] for n in labelled]
     mapped = map_waymo_label_types(types).classes
     frames = tuple(Frame(timestamp_us=t, ego_to_world=world.ego_at(t),
-                         agents=world.agents_at(t, keep=labelled, classes=tuple(mapped))) for t in times)
+                         agents=world.agents_at(t, keep=labelled, classes=tuple(mapped)))
+                   for t in times[annotated.start:annotated.stop])
     map_elements = tuple(el for el in world.map_elements
                          if el.cls in ("road_edge", "lane_divider", "road_divider", "ped_crossing"))
     map_elements += tuple(MapElement(cls="drivable_area", points=el.points) for el in world.map_elements
                           if el.cls == "carpark_area")
-    scene = Scene(cameras=cameras, frames=frames, map_elements=map_elements,
-                  source=SceneSource(dataset="waymo", scene_id=WAYMO_SEGMENT_NAME,
-                                     unmapped_classes={"TYPE_SIGN": len(times)}))
+    n = len(frames)
+    scene = Scene(cameras=cameras, frames=frames, map_elements=map_elements if variant.waymo_map else (),
+                  source=SceneSource(dataset="waymo", scene_id=WAYMO_SEGMENT_NAME, unmapped_classes={"TYPE_SIGN": n}))
+    no_map = None if variant.waymo_map else (f"segment {str(path)!r} has no map_features (Waymo v1.4.2+ segments "
+                                             f"carry them on their first record)")
     return SampleLog(
         ref=LogRef(kind="waymo", path=str(path), name=path.stem),
         scene=scene, track_keys=tuple(label_ids),
         world_classes={label_ids[j]: world.classes[n] for j, n in enumerate(labelled)},
-        keyframes=tuple(range(len(times))), unmapped={"TYPE_SIGN": len(times)}, world_map=world.map_elements,
+        keyframes=tuple(range(n)), unmapped={"TYPE_SIGN": n}, world_map=world.map_elements,
+        dropped={"unmapped_classes": {"TYPE_SIGN": n}, "labels_without_box": n * variant.waymo_camera_only_labels,
+                 "cameras_without_images": {} if variant.waymo_images else {c.name: n for c in cameras},
+                 "has_map": variant.waymo_map, "no_map": no_map, "frames_outside_span": 2 * u},
     )
 
 
@@ -454,10 +512,10 @@ def _write_waymo(root: Path, world: _World, image_hw, seed: int, tok: Tokens, wr
 # ---------------------------------------------------------------------------------------------
 
 
-def _build(root: Path, image_hw, seed: int, write: bool) -> tuple[SampleLog, SampleLog]:
+def _build(root: Path, image_hw, seed: int, write: bool, variant: SampleVariant) -> tuple[SampleLog, SampleLog]:
     world, tok = _World.build(seed), Tokens(seed)
-    return (_write_nuscenes(root, world, image_hw, seed, tok, write),
-            _write_waymo(root, world, image_hw, seed, tok, write))
+    return (_write_nuscenes(root, world, image_hw, seed, tok, write, variant),
+            _write_waymo(root, world, image_hw, seed, tok, write, variant))
 
 
 def generate_sample_logs(
@@ -465,18 +523,23 @@ def generate_sample_logs(
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     seed: int = 0,
     force: bool = False,
+    variant: SampleVariant | None = None,
 ) -> SampleLogs:
     """Write the sample logs under `out` (unless present and not `force`); return the truth.
 
     Atomic: everything is written into a temporary sibling folder, which then replaces `out`.
-    An existing `out` is reused only if its stamp file says it was made with the same seed and
-    image size (else StoreError: pass force=True).
+    An existing `out` is reused only if its stamp file says it was made with the same seed, image
+    size and variant (else StoreError: pass force=True). `variant` (tests) writes logs with what
+    the pipeline must drop and report; the default is the bundled sample.
     """
     out = Path(out)
     H, W = (int(s) for s in image_size)
     if H < 16 or W < 16:
         raise DrivegenError(f"image_size = {tuple(image_size)!r} is too small to draw anything; pass H, W >= 16")
+    variant = variant or SampleVariant()
     stamp = {"generator": _STAMP_VERSION, "seed": int(seed), "image_size": [H, W]}
+    if variant != SampleVariant():  # the default stamp stays as it was
+        stamp["variant"] = dataclasses.asdict(variant)
     present = out.exists() and any(out.iterdir())
     if present and not force:
         # The truth is rebuilt from the arguments: it must describe the files that are there.
@@ -489,12 +552,12 @@ def generate_sample_logs(
                 f"{str(out)!r} holds files not written by drivegen.data.sample_data with {stamp} (its "
                 f"{_STAMP_FILE}: {found}); pass --force (force=True) to rewrite it, or choose another --out"
             )
-        nus, way = _build(out, (H, W), seed, write=False)
+        nus, way = _build(out, (H, W), seed, write=False, variant=variant)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         try:
-            _build(tmp, (H, W), seed, write=True)
+            _build(tmp, (H, W), seed, write=True, variant=variant)
             (tmp / _STAMP_FILE).write_text(json.dumps(stamp, sort_keys=True) + "\n")
             if out.exists():
                 shutil.rmtree(out)
@@ -503,7 +566,7 @@ def generate_sample_logs(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         # Refs and truth name the final paths, not the temporary ones.
-        nus, way = _build(out, (H, W), seed, write=False)
+        nus, way = _build(out, (H, W), seed, write=False, variant=variant)
     files = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
     return SampleLogs(root=out, nuscenes=nus, waymo=way, image_size=(H, W), files=files)
 

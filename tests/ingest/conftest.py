@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from drivegen.sample_data import generate_sample_logs
+from drivegen.data.sample_data import generate_sample_logs
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from drivegen.errors import LogError
-from drivegen.ingest import LogRef, open_log
-from drivegen.ingest.tfrecord import encode_record, iter_records, masked_crc32c, read_record_at, write_records
-from drivegen.sample_data import NUSCENES_LOCATION
+from drivegen.data.ingest import LogRef, open_log
+from drivegen.data.ingest.tfrecord import encode_record, iter_records, masked_crc32c, read_record_at, write_records
+from drivegen.data.sample_data import NUSCENES_LOCATION
 
 
 @pytest.fixture
@@ -132,10 +132,16 @@ class TestCorruptNuScenes:
         with pytest.raises(LogError, match="scene-drivegen-0001"):
             open_log(ref)
 
-    def test_missing_map_expansion_raises(self, nuscenes_copy):
+    def test_missing_map_expansion_is_a_log_without_map(self, nuscenes_copy):
         (Path(nuscenes_copy.path) / "maps" / "expansion" / f"{NUSCENES_LOCATION}.json").unlink()
-        with pytest.raises(LogError, match="map-expansion"):
-            open_log(nuscenes_copy)
+        reader = open_log(nuscenes_copy)
+        assert reader.scene.map_elements == ()
+        assert not reader.dropped.has_map and "map-expansion" in reader.dropped.no_map
+
+    def test_missing_image_file_is_counted(self, nuscenes_copy):
+        reader = open_log(nuscenes_copy)
+        (Path(nuscenes_copy.path) / reader._files["CAM_BACK"][0]).unlink()
+        assert open_log(nuscenes_copy).dropped.summary()["cameras_without_images"] == {"CAM_BACK": 1}
 
     def test_outdated_map_version_raises(self, nuscenes_copy):
         import json

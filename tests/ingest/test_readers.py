@@ -10,8 +10,8 @@ import pytest
 from conditions import LayoutConfig, Scene, render_frame
 from conditions.scene import Agents, Frame
 from drivegen.errors import DrivegenError, LogError
-from drivegen.ingest import LogReader, LogRef, discover_logs, open_log
-from drivegen.ingest.nuscenes import interpolate_yaw
+from drivegen.data.ingest import LogReader, LogRef, discover_logs, open_log
+from drivegen.data.ingest.nuscenes import interpolate_yaw
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ class TestTrackEnds:
     CONE = (np.array([8.0, -2.0, 0.4]), np.array([0.4, 0.4, 0.8]), 0.0, "traffic_cone")
 
     def agents(self, t):
-        from drivegen.ingest.nuscenes import NuScenesReader
+        from drivegen.data.ingest.nuscenes import NuScenesReader
 
         return NuScenesReader._agents_at(t, self.KEY_T, [{0: self.CAR0, 1: self.PED}, {0: self.CAR1, 2: self.CONE}])
 

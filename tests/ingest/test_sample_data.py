@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from drivegen.errors import DrivegenError, StoreError
-from drivegen.sample_data import NUSCENES_LOCATION, NUSCENES_VERSION, generate_sample_logs
+from drivegen.data.sample_data import NUSCENES_LOCATION, NUSCENES_VERSION, generate_sample_logs
 
 
 class TestNuScenesDataroot:
@@ -56,7 +56,7 @@ class TestWaymoSegment:
     def test_records_parse_as_frames(self, sample):
         from waymo_open_dataset import dataset_pb2
 
-        from drivegen.ingest.tfrecord import iter_records
+        from drivegen.data.ingest.tfrecord import iter_records
 
         frames = []
         for _, payload in iter_records(sample.waymo.ref.path):
@@ -111,7 +111,7 @@ class TestGeneration:
             generate_sample_logs(out, image_size=(36, 64), seed=2)
         (tmp_path / "other").mkdir()
         (tmp_path / "other" / "notes.txt").write_text("mine")
-        with pytest.raises(StoreError, match="not written by drivegen.sample_data"):
+        with pytest.raises(StoreError, match="not written by drivegen.data.sample_data"):
             generate_sample_logs(tmp_path / "other", image_size=(36, 64))
 
     def test_too_small_image_size_is_rejected(self, tmp_path):
