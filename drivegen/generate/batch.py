@@ -22,12 +22,15 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from drivegen.errors import DrivegenError
+from chopgrad_core.atomic import check_writable, write_json
+from chopgrad_core.progress import progress
+from chopgrad_core.errors import OutputNotWritableError
+from drivegen.errors import DrivegenError, GenerateConfigError
 from drivegen.generate.config import GenerateConfig
-from drivegen.generate.pipeline import (Generator, _check_checkpoint, checkpoint_digest, finished, output_key,
-                                        resolve_scenario_file)
+from drivegen.generate.pipeline import Generator, finished, output_key, resolve_scenario_file
 from drivegen.generate.scenario import load_scenario
-from drivegen.preprocess import _init_ray
+from drivegen.model.checkpoint import checkpoint_digest, resolve
+from drivegen.workpool import actors, format_table, init_ray, map_unordered, reason
 
 __all__ = ["GenerateWorker", "format_summary", "run"]
 
@@ -48,29 +51,24 @@ class GenerateWorker:
         return _guarded(self.generator, path)
 
 
-def _reason(exc: BaseException) -> str:
-    # The whole message: a ScenarioError's names the scenario, agent and field.
-    return f"{type(exc).__name__}: {exc}"
-
-
 def _guarded(generator: Generator, path: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         return generator(path)
     except Exception as exc:  # a failing scenario is that scenario's, not the batch's
-        return {"scenario": Path(path).stem, "status": "failed", "reason": _reason(exc),
+        return {"scenario": Path(path).stem, "status": "failed", "reason": reason(exc),
                 "traceback": traceback.format_exc(limit=6), "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def run(cfg: GenerateConfig) -> dict[str, Any]:
     """Generate cfg.scenarios (see the module doc); returns the report (also out/report.json)."""
-    from tqdm import tqdm
-
     t_start = time.perf_counter()
-    checkpoint = _check_checkpoint(cfg.checkpoint)
+    try:
+        out = check_writable(cfg.out, "out")  # before any scenario runs (and before loading the model)
+    except OutputNotWritableError as exc:  # a setting of this stage: its error type, so the CLI says it plainly
+        raise GenerateConfigError(str(exc)) from None
+    checkpoint = resolve(cfg.checkpoint, "checkpoint")
     digest = checkpoint_digest(checkpoint, cfg.ema)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
 
     # 1. Plan.
     rows: dict[str, dict[str, Any]] = {}  # scenario file -> result row
@@ -80,7 +78,7 @@ def run(cfg: GenerateConfig) -> dict[str, Any]:
         try:
             scenario = load_scenario(resolve_scenario_file(path))
         except DrivegenError as exc:
-            rows[path] = {"scenario": Path(path).stem, "status": "failed", "reason": _reason(exc), "seconds": 0.0}
+            rows[path] = {"scenario": Path(path).stem, "status": "failed", "reason": reason(exc), "seconds": 0.0}
             continue
         if scenario.name in names:
             rows[path] = {"scenario": scenario.name, "status": "failed", "seconds": 0.0,
@@ -95,7 +93,7 @@ def run(cfg: GenerateConfig) -> dict[str, Any]:
             todo.append(path)
 
     # 2. Generate.
-    bar = tqdm(total=len(cfg.scenarios), desc="scenarios", unit="scenario", disable=not cfg.progress)
+    bar = progress(total=len(cfg.scenarios), desc="scenarios", unit="scenario", disable=not cfg.progress)
     bar.update(len(rows))
     mode = cfg.mode if cfg.mode != "auto" else ("ray" if len(todo) > 1 else "local")
     if todo and mode == "local":
@@ -121,55 +119,40 @@ def run(cfg: GenerateConfig) -> dict[str, Any]:
         "totals": {s: sum(r["status"] == s for r in ordered) for s in ("generated", "skipped", "failed")},
         "wall_s": round(time.perf_counter() - t_start, 3),
     }
-    from drivegen.store import write_report
-
-    write_report(out, report)
-    if cfg.progress:
-        print(format_summary(report), file=sys.stderr)
+    # The summary first, so that each scenario's outcome (a failing one's own reason included) is
+    # shown even when report.json cannot be written (the disk filled up, the folder was made
+    # read-only during the run).
+    print(format_summary(report), file=sys.stderr)  # the summary always: progress=false hides only the bar
+    try:
+        write_json(out / "report.json", report)
+    except OSError as exc:
+        failed = "; ".join(f"{r['scenario']}: {r['reason']}" for r in report["failed"]) or "none"
+        raise GenerateConfigError(
+            f"out={str(out)!r}: report.json cannot be written ({exc.strerror or exc}); the scenarios' results are in "
+            f"the summary above (failed: {failed}). Free space or fix the folder's permissions and rerun: finished "
+            "scenarios are skipped") from None
     return report
 
 
 def _run_ray(cfg: GenerateConfig, digest: str, todo: list[str], bar) -> dict[str, dict[str, Any]]:
-    ray = _init_ray(cfg.ray)
+    ray = init_ray(cfg.ray)
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     count = max(1, min(cfg.ray.num_workers, len(todo), gpus or len(todo)))
-    cls = ray.remote(**resources)(GenerateWorker)
-    actors = [cls.options(max_restarts=cfg.ray.max_restarts, max_task_retries=cfg.ray.max_task_retries)
-              .remote(cfg, digest) for _ in range(count)]
     rows: dict[str, dict[str, Any]] = {}
-    try:
-        queue = list(todo)
-        in_flight = {}
-        for actor in actors:  # one scenario per actor at a time; the next goes to whoever frees up
-            if queue:
-                path = queue.pop(0)
-                in_flight[actor.__call__.remote(path)] = (actor, path)
-        while in_flight:
-            [ref], _ = ray.wait(list(in_flight), num_returns=1)
-            actor, path = in_flight.pop(ref)
-            try:
-                rows[path] = ray.get(ref)
-            except Exception as exc:  # the actor died more often than ray.max_restarts allows
-                rows[path] = {"scenario": Path(path).stem, "status": "failed", "reason": _reason(exc), "seconds": 0.0}
+    with actors(GenerateWorker, count, cfg.ray, cfg, digest, resources={"num_gpus": 1} if gpus else None) as pool:
+        failed = lambda path, exc: {"scenario": Path(path).stem, "status": "failed",  # noqa: E731
+                                    "reason": reason(exc), "seconds": 0.0}
+        for path, row in map_unordered(pool, todo, lambda actor, path: actor.__call__.remote(path), failed):
+            rows[path] = row
             bar.update(1)
-            if queue:
-                nxt = queue.pop(0)
-                in_flight[actor.__call__.remote(nxt)] = (actor, nxt)
-    finally:
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
     return rows
 
 
 def format_summary(report: dict[str, Any]) -> str:
     """The report as a Markdown-style table, one row per scenario."""
-    header = ("scenario", "status", "seconds", "folder / reason")
     rows = [(r["scenario"], r["status"], f"{r.get('seconds', 0.0):.1f}",
              (r.get("reason") or r.get("folder") or "")[:100]) for r in report["scenarios"]]
-    widths = [max(len(h), *(len(row[j]) for row in rows)) if rows else len(h) for j, h in enumerate(header)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     t = report["totals"]
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows] + [
+    return format_table(("scenario", "status", "seconds", "folder / reason"), rows, [
         f"{t['generated']} generated, {t['skipped']} already finished, {t['failed']} failed "
         f"({report['out']}/report.json); {report['wall_s']:.1f} s"])
