@@ -3,9 +3,12 @@
     python -m conditions.preview --out outputs/conditions_preview.png [--frame 0] [--size 256 448]
 
 Builds `conditions.demo.make_demo_scene()` in code (no input files), renders one frame and writes
-a PNG: the six cameras in two rows (front-left, front, front-right / back-left, back, back-right,
-as nuScenes shows them) and the BEV raster in colour on the right, ego marked in the middle
-(forward is up). It prints the path it wrote. This is the only file IO in `conditions/`.
+a PNG: the scene's cameras, named as the scene names them and laid out by where they look
+(`camera_grid`: forward-facing ones in the top row left to right, rear-facing ones below, so
+nuScenes' six show as front-left, front, front-right / back-left, back, back-right and Waymo's
+five as one row side-left ... side-right), and the BEV raster in colour on the right, ego marked
+in the middle (forward is up). It prints the path it wrote. This is the only file IO in
+`conditions/`. `drivegen.preview` draws real logs, store clips and generated videos the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +24,20 @@ from conditions.layout import COLOUR_LUT, LayoutConfig
 from conditions.render import FrameConditions, render_frame
 from conditions.taxonomy import BOX_CLASSES, BOX_COLOURS, MAP_CLASSES
 
-_GRID = (("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"), ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"))
+_REAR_DEG = 100.0  # cameras looking further than this from straight ahead go in the rear row
+
+
+def camera_grid(camera_names, cam_to_ego_K44: np.ndarray) -> tuple[tuple[str, ...], ...]:
+    """Rows of camera names as a viewer expects them, from where each camera looks (its optical
+    axis' azimuth in the ego frame), never from a fixed list: forward-facing cameras in the top
+    row from left to right, rear-facing ones in a second row from left to right as seen by a
+    passenger turned around (nuScenes' back-left, back, back-right)."""
+    axis_K3 = np.asarray(cam_to_ego_K44)[:, :3, 2]  # camera z (optical axis) in the ego frame
+    azimuth = np.degrees(np.arctan2(axis_K3[:, 1], axis_K3[:, 0]))  # 0 ahead, +90 left (ego y left)
+    front = [(a, n) for a, n in zip(azimuth, camera_names) if abs(a) <= _REAR_DEG]
+    rear = [(a % 360.0, n) for a, n in zip(azimuth, camera_names) if abs(a) > _REAR_DEG]
+    rows = [tuple(n for _, n in sorted(front, key=lambda x: -x[0])), tuple(n for _, n in sorted(rear))]
+    return tuple(r for r in rows if r)
 
 
 def bev_colour(bev_CHW: np.ndarray) -> np.ndarray:
@@ -40,12 +56,14 @@ def compose(conditions: FrameConditions) -> np.ndarray:
     """The preview picture (RGB) of one frame's conditions."""
     by_name = dict(zip(conditions.camera_names, conditions.control_KHW3))
     H, W = conditions.control_KHW3.shape[1:3]
+    grid_rows = camera_grid(conditions.camera_names, conditions.cam_to_ego_K44)
+    width = max(len(r) for r in grid_rows)
     rows = []
-    for names in _GRID:
+    for names in grid_rows:
         tiles = []
-        for name in names:
-            tile = by_name[name].copy() if name in by_name else np.zeros((H, W, 3), np.uint8)
-            cv2.putText(tile, name, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        for name in names + (None,) * (width - len(names)):
+            tile = by_name[name].copy() if name is not None else np.zeros((H, W, 3), np.uint8)
+            cv2.putText(tile, name or "", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
             tiles.append(np.pad(tile, ((2, 2), (2, 2), (0, 0))))
         rows.append(np.concatenate(tiles, axis=1))
     grid = np.concatenate(rows, axis=0)

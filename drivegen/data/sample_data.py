@@ -68,6 +68,7 @@ __all__ = [
     "SampleLog",
     "SampleLogs",
     "SampleVariant",
+    "sample_waymo_cameras",
     "generate_sample_logs",
 ]
 
@@ -368,7 +369,8 @@ def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: Tokens,
 # ---------------------------------------------------------------------------------------------
 
 
-def _waymo_cameras(image_hw: tuple[int, int]) -> tuple[Camera, ...]:
+def sample_waymo_cameras(image_hw: tuple[int, int]) -> tuple[Camera, ...]:
+    """The sample segment's five-camera rig (HFOV 50 deg, like Waymo's front camera) at image_hw."""
     H, W = image_hw
     focal = (W / 2) / np.tan(np.radians(_WAYMO_HFOV_DEG / 2))
     return tuple(pinhole_camera(name, yaw, 0.0, pos, image_hw, focal) for name, yaw, pos in _WAYMO_RIG)
@@ -413,7 +415,7 @@ def _write_waymo(root: Path, world: _World, image_hw, seed: int, tok: Tokens, wr
     from waymo_open_dataset.protos import map_pb2
 
     H, W = image_hw
-    cameras = _waymo_cameras(image_hw)
+    cameras = sample_waymo_cameras(image_hw)
     u = variant.unannotated_frames  # records without laser labels, at each end
     times = [_T0_US + int(round(i * 1e6 / _WAYMO_HZ)) for i in range(-u, _WAYMO_FRAMES + u)]
     annotated = range(u, u + _WAYMO_FRAMES)
