@@ -435,9 +435,32 @@ def verify_store(path: str | os.PathLike) -> dict[str, Any]:
     return result
 
 
+def _adopt(root: Path, folder: Path) -> None:
+    """Give a clip written before manifests existed its manifest, if it is whole: a group whose
+    arrays are the ones its store and attrs call for, each with every chunk/shard file its
+    metadata implies. Otherwise a StoreError (and `repair` rewrites the clip)."""
+    clip = folder.name
+    try:
+        group = json.loads((folder / "zarr.json").read_text())
+        attrs = group["attributes"]
+        settings = json.loads((root / "zarr.json").read_text())["attributes"]["drivegen"]["settings"]
+        wanted = set(ARRAYS) - ({"images"} if not attrs["has_images"] else set()) - (
+            {"bev"} if not settings["conditions"].get("bev", True) else set())
+        expected = {}
+        for name in sorted(wanted):
+            meta = json.loads((folder / name / "zarr.json").read_text())
+            outer = meta["chunk_grid"]["configuration"]["chunk_shape"]  # the shard shape when sharded
+            expected[name] = _chunk_files(tuple(meta["shape"]), tuple(outer))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"clip {clip!r} of store {str(root)!r} has no manifest and incomplete metadata "
+                         f"({exc.__class__.__name__}: {exc}); {_fix(root)}") from None
+    write_json(folder / MANIFEST, _manifest(folder, clip, expected), indent=None)
+
+
 def repair(path: str | os.PathLike) -> dict[str, str]:
     """Remove the broken clips (cheap check of every clip; full check of those verify.json lists)
-    so that this run writes them again. Holds the store lock. Returns {clip: reason}."""
+    so that this run writes them again; whole clips written before manifests existed get one.
+    Holds the store lock. Returns {clip: reason}."""
     root = Path(path)
     listed: set[str] = set()
     if (root / VERIFY).is_file():
@@ -451,6 +474,8 @@ def repair(path: str | os.PathLike) -> dict[str, str]:
             if not (folder / MANIFEST).exists() and not (folder / "zarr.json").exists():
                 continue  # neither: not a clip (nothing to rewrite)
             try:
+                if not (folder / MANIFEST).exists():
+                    _adopt(root, folder)
                 check_clip(root, folder.name, full=folder.name in listed)
             except StoreError as exc:
                 removed[folder.name] = str(exc)

@@ -15,6 +15,7 @@ Steps:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import sys
 import time
@@ -105,7 +106,10 @@ def run(cfg: GenerateConfig) -> dict[str, Any]:
             rows[path] = _guarded(generator, path)
             bar.update(1)
     elif todo:
-        rows.update(_run_ray(cfg, digest, todo, bar))
+        # Actors on a cluster do not share this process's working folder: they get absolute paths.
+        absolute = dataclasses.replace(cfg, out=str(out.resolve()), checkpoint=str(checkpoint.resolve()))
+        files = {path: str(resolve_scenario_file(path).resolve()) for path in todo}
+        rows.update(_run_ray(absolute, digest, files, bar))
     bar.close()
 
     # 3. Record.
@@ -134,7 +138,9 @@ def run(cfg: GenerateConfig) -> dict[str, Any]:
     return report
 
 
-def _run_ray(cfg: GenerateConfig, digest: str, todo: list[str], bar) -> dict[str, dict[str, Any]]:
+def _run_ray(cfg: GenerateConfig, digest: str, files: dict[str, str], bar) -> dict[str, dict[str, Any]]:
+    """Each scenario (as given -> its absolute file) on an actor; rows keyed by the path as given."""
+    todo = list(files)
     ray = init_ray(cfg.ray)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     count = max(1, min(cfg.ray.num_workers, len(todo), gpus or len(todo)))
@@ -142,7 +148,7 @@ def _run_ray(cfg: GenerateConfig, digest: str, todo: list[str], bar) -> dict[str
     with actors(GenerateWorker, count, cfg.ray, cfg, digest, resources={"num_gpus": 1} if gpus else None) as pool:
         failed = lambda path, exc: {"scenario": Path(path).stem, "status": "failed",  # noqa: E731
                                     "reason": reason(exc), "seconds": 0.0}
-        for path, row in map_unordered(pool, todo, lambda actor, path: actor.__call__.remote(path), failed):
+        for path, row in map_unordered(pool, todo, lambda actor, path: actor.__call__.remote(files[path]), failed):
             rows[path] = row
             bar.update(1)
     return rows

@@ -118,3 +118,18 @@ class TestVerifyAndRepair:
             ds = ClipDataset(copy_store, datasets=[dataset])
             for i in range(len(ds)):
                 ds[i]
+
+
+class TestStoresBeforeManifests:
+    """A whole clip written before manifests existed is kept and given one (no rebuild of existing
+    stores); one missing a shard is removed for rewriting."""
+
+    def test_whole_legacy_clip_is_adopted_and_broken_one_removed(self, copy_store):
+        whole, broken = sorted(store.completed_clips(copy_store))[:2]
+        for clip in (whole, broken):
+            (copy_store / "clips" / clip / store.MANIFEST).unlink()
+        (copy_store / "clips" / broken / SHARD).unlink()
+        removed = store.repair(copy_store)
+        assert set(removed) == {broken} and f"{SHARD}" in removed[broken]
+        store.check_clip(copy_store, whole, full=True)
+        assert not (copy_store / "clips" / broken).exists()

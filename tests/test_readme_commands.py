@@ -1,0 +1,213 @@
+"""Every command README.md shows in its fenced bash blocks runs (issue 17: documentation must not
+drift from the CLIs again).
+
+The test reads README.md when it runs, so a command added to any section (a ``python -m
+drivegen.preview``, a ``python -m drivegen.evaluate``) is picked up and run. Each command runs in
+a subprocess, in one scratch working folder, in README order (so ``make train`` leaves the
+checkpoint that the generation commands read), exactly as written; the test only
+
+- appends size overrides for its module (``SIZES``: Hydra keeps the last value of a key), so
+  training and generation finish in seconds on a CPU;
+- runs ``make train`` as the Makefile's own recipe for it (``.venv/bin/python -m drivegen.train``),
+  without make's install step;
+- makes the files a command names as placeholders (``in.mp4``, ``a.yaml``, ``/clean``: ``FILES``;
+  an absolute placeholder path becomes a folder of the same name in the scratch folder);
+- expands README's ``[--option value]`` notation: once without the optional parts, once with all
+  of them but those ``OPTIONAL_SKIPPED`` names with its reason;
+- joins a Ray cluster where a command says ``ray.address=auto``: a 2-CPU local cluster started by
+  the test (stopped at the end), named to the command through RAY_ADDRESS, which ``auto`` reads.
+
+``NOT_RUN`` lists the commands that cannot run here, each with its reason; keep it short. A new
+command that needs a placeholder or a size override the test does not know fails with a message
+saying which table to extend.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+
+# Commands that cannot run here, with the reason.
+NOT_RUN = {
+    "make test": "the test suite itself (this test is part of it)",
+}
+
+# Overrides appended per module: small sizes only, never a change of what the command does.
+SIZES = {
+    "drivegen.train": ["trainer.steps=2", "data.image_size=[32,48]", "trainer.sample_steps=2"],
+    "drivegen.generate": ["sampler.steps=2"],
+    "drivegen.preprocess": ["clip.length=2", "clip.stride=12", "conditions.image_size=[32,48]", "conditions.bev=false"],
+    "chopgrad_core.heads.finetune": ["train.steps=2", "train.batch_size=1", "data.crop=[32,48]", "data.eval_clips=1"],
+    "chopgrad_core.heads.restore": [],
+    "conditions.preview": [],
+}
+
+# Optional parts of a command ([--opt value]) left out of the run with all options, and why.
+OPTIONAL_SKIPPED = {
+    "--mask m.png": "for inpainting heads only; outputs/finetune/ holds the head of the last finetune command "
+                    "(task=enhance)",
+}
+
+MAKE_TARGETS = {"make train": "train"}  # run as the Makefile's recipe for the target
+
+
+def _video(path: Path, frames: int = 9, size=(48, 64), seed: int = 0) -> None:
+    from chopgrad_core.video import write_mp4
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (1, *size, 3))
+    drift = np.arange(frames)[:, None, None, None] * 3
+    write_mp4(path, ((base + drift) % 255).astype(np.uint8), fps=12)
+
+
+def _video_folder(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    for i in range(3):
+        _video(path / f"clip{i}.mp4", seed=i)
+
+
+def _scenario(name: str):
+    def make(path: Path) -> None:
+        text = (REPO / "drivegen/generate/scenarios/sample_edit.yaml").read_text()
+        path.write_text(text.replace("name: sample_edit", f"name: {name}"))
+    return make
+
+
+def _mask(path: Path) -> None:
+    from chopgrad_core.atomic import write_png
+
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:30, 20:40] = 255
+    write_png(path, mask)
+
+
+# Placeholder files and folders, made in the scratch folder before the command that names them.
+FILES = {
+    "in.mp4": _video,
+    "m.png": _mask,
+    "a.yaml": _scenario("a"),
+    "b.yaml": _scenario("b"),
+    "/clean": _video_folder,
+    "/renders": _video_folder,
+}
+
+
+def readme_commands(text: str) -> list[str]:
+    """The commands of README's ```bash blocks, in order, without comments; repeats dropped."""
+    commands: list[str] = []
+    for block in re.findall(r"```(?:bash|sh|shell|console)\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.strip().removeprefix("$ ")
+            command = line.split(" #")[0].strip() if not line.startswith("#") else ""
+            if command and command not in commands:
+                commands.append(command)
+    return commands
+
+
+def _make_recipe(target: str) -> str:
+    """The command line of a Makefile target's recipe (make's variables filled in)."""
+    text = (REPO / "Makefile").read_text()
+    recipe = re.search(rf"^{target}:.*\n\t(.+)$", text, flags=re.M).group(1)
+    return recipe.replace("$(BIN)", ".venv/bin")
+
+
+def _variants(command: str) -> list[tuple[str, str]]:
+    """(label, command) pairs: the command without its [optional] parts, and with all of them
+    but the skipped ones."""
+    optional = re.findall(r"\[([^\[\]]*--[^\[\]]*)\]", command)
+    if not optional:
+        return [(command, command)]
+    bare = re.sub(r"\s*\[[^\[\]]*--[^\[\]]*\]", "", command)
+    full = command
+    for part in optional:
+        full = full.replace(f"[{part}]", "" if part in OPTIONAL_SKIPPED else part)
+    return [(bare, bare), (f"{command} (all options but {sorted(set(optional) & set(OPTIONAL_SKIPPED))})",
+                           re.sub(r"\s+", " ", full))]
+
+
+def _module(command: str) -> str | None:
+    m = re.search(r"python3?\s+-m\s+([\w.]+)", command)
+    return m.group(1) if m else None
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A 2-CPU local Ray cluster for commands with ray.address=auto (they join it via RAY_ADDRESS)."""
+    started = []
+
+    def address() -> str:
+        if not started:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+            started.append(ray.get_runtime_context().gcs_address)
+        return started[0]
+
+    yield address
+    if started:
+        import ray
+
+        ray.shutdown()
+
+
+def test_readme_parses_into_known_commands():
+    """The parser finds README's commands (a README without them would make the test below vacuous)."""
+    commands = readme_commands(README.read_text())
+    assert any("drivegen.generate" in c for c in commands) and any(c.startswith("make train") for c in commands)
+
+
+def test_every_readme_command_runs(tmp_path, ray_address):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".venv").symlink_to(REPO / ".venv")  # `.venv/bin/python` as written, from the scratch folder
+    env = dict(os.environ, PATH=f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+               HYDRA_FULL_ERROR="1", MPLBACKEND="Agg")
+    env.pop("RAY_ADDRESS", None)
+    ran, failures = [], []
+    for command in readme_commands(README.read_text()):
+        if command in NOT_RUN:
+            continue
+        line = _make_recipe(MAKE_TARGETS[command]) if command in MAKE_TARGETS else command
+        if not line.startswith((".venv/bin/python -m", "python -m", "python3 -m")):
+            failures.append(f"{command!r}: not a `python -m` command; add it to NOT_RUN with the reason")
+            continue
+        module = _module(line)
+        if module not in SIZES:
+            failures.append(f"{command!r}: no size overrides known for {module}; add an entry to SIZES")
+            continue
+        # Placeholders: files it names that the test makes (absolute ones inside the scratch folder).
+        values = [v for token in shlex.split(line) for v in re.split(r"[\[\],]", token.split("=", 1)[-1]) if v]
+        for value in values:
+            if value in FILES:
+                target = work / value.lstrip("/")
+                if not target.exists():
+                    FILES[value](target)
+                if value.startswith("/"):
+                    line = line.replace(f"={value}", f"={target}")
+            elif value.startswith("/") and not value.startswith(str(tmp_path)):
+                failures.append(f"{command!r}: placeholder path {value} unknown; add it to FILES")
+        run_env = dict(env)
+        if "ray.address=auto" in line:
+            run_env["RAY_ADDRESS"] = ray_address()
+        for label, variant in _variants(line):
+            full = f"{variant} {' '.join(shlex.quote(o) for o in SIZES[module])}"
+            proc = subprocess.run(["bash", "-c", full], cwd=work, env=run_env, capture_output=True, text=True,
+                                  timeout=300)
+            ran.append(label)
+            if proc.returncode != 0:
+                failures.append(f"{label!r} (ran: {full}) exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    assert not failures, "\n\n".join(failures)
+    assert ran, "README.md shows no runnable command"
