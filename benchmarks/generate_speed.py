@@ -41,8 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import chopgrad_core  # noqa: E402
-from drivegen.generate.sampler import sample_video  # noqa: E402
-from drivegen.model import ControlledWan, ModelConfig, pool_layout  # noqa: E402
+from drivegen.model.sampler import sample_video  # noqa: E402
+from drivegen.model.controlled_wan import ControlledWan, ModelConfig, pool_layout  # noqa: E402
 
 GIB = 1024**3
 
@@ -81,7 +81,7 @@ def sync(device: str) -> None:
 def build(s: Scenario):
     from diffusers import AutoencoderKLWan
 
-    from drivegen.objective import LatentSpace
+    from drivegen.model.objective import LatentSpace
 
     dtype = getattr(torch, s.dtype)
     torch.manual_seed(0)
@@ -161,7 +161,7 @@ class Result:
 
 
 def run_video(s: Scenario, model, vae, space, frames: int, steps: int):
-    from drivegen.generate.sampler import chunk_starts
+    from drivegen.model.sampler import chunk_starts
 
     n = (frames - 1) // 4 + 1
     chunk = (s.chunk_frames - 1) // 4 + 1

@@ -1,6 +1,6 @@
 """Benchmark: camera-frames per second of drivegen.preprocess with 1 and 2 Ray workers.
 
-Scenario (issue 4): the sample logs (`python -m drivegen.sample_data`: one nuScenes scene, 43
+Scenario (issue 4): the sample logs (`python -m drivegen.data.sample_data`: one nuScenes scene, 43
 frames x 6 cameras, and one Waymo segment, 25 frames x 5 cameras) preprocessed at 256 x 448 with
 every condition (layout, control, box tokens, Plücker rays, BEV) and the images, clips of 8
 frames every 2 frames (overlapping, so that there is enough work to time: 27 clips, 1224
@@ -44,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hardware import cpu_model  # noqa: E402  (benchmarks/hardware.py, beside this script)
 
-from drivegen.preprocess import load_config, run  # noqa: E402
+from drivegen.data.preprocess import load_config, run  # noqa: E402
 
 SCENARIOS = {"workers_1": 1, "workers_2": 2}
 OVERRIDES = ["conditions.image_size=[256,448]", "clip.length=8", "clip.stride=2", "progress=false"]
@@ -82,7 +82,7 @@ def main() -> None:
     import ray
 
     if not Path(args.logs).is_dir():
-        from drivegen.sample_data import generate_sample_logs
+        from drivegen.data.sample_data import generate_sample_logs
 
         generate_sample_logs(args.logs)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

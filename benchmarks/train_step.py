@@ -11,7 +11,7 @@ Named scenarios (``--scenario``):
   one at a time (``micro_batch=1``) with recomputation (``recompute=True``); 33 and 121 frames.
   The same step with ``mode=full`` (plain autograd through the decoder) for comparison.
 
-What runs is ``drivegen.objective.losses`` (the trainer's objective) -> backward -> AdamW step, on
+What runs is ``drivegen.model.objective.losses`` (the trainer's objective) -> backward -> AdamW step, on
 synthetic inputs of the right shapes (the GPU machines lack the data stack): random normalised
 latents, frames, control latents, layout channels and box tokens. The first step is a warm-up;
 the second is timed. Each case runs in its own process so an out-of-memory case (a valid result)
@@ -75,8 +75,8 @@ def one_case(name: str, frames: int, mode: str) -> dict:
 
     import chopgrad_core
     from chopgrad_core.config import ChopGradConfig
-    from drivegen.model import ControlledWan, ModelConfig
-    from drivegen.objective import LatentSpace, ObjectiveConfig, losses
+    from drivegen.model.controlled_wan import ControlledWan, ModelConfig
+    from drivegen.model.objective import LatentSpace, ObjectiveConfig, losses
 
     s = SCENARIOS[name]
     dev = s.device

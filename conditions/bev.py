@@ -48,11 +48,6 @@ class BevConfig:
         if not (isinstance(self.line_width_px, (int, np.integer)) and 1 <= self.line_width_px <= 32):
             raise InvalidConfigError(f"BevConfig.line_width_px = {self.line_width_px!r}; expected an int in [1, 32]")
 
-    @property
-    def extent_m(self) -> tuple[float, float]:
-        """(forward, lateral) metres covered."""
-        return self.size_px[0] * self.metres_per_px, self.size_px[1] * self.metres_per_px
-
 
 def render_bev(
     map_index: MapIndex,

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from conditions.errors import InvalidCameraError
+
 __all__ = [
     "SHIFT_BITS",
     "BOX_FACES",
@@ -237,7 +239,7 @@ def undistorted_bounds(
     """(x0, x1, y0, y1): normalised undistorted coordinates spanned by the image's outer pixel
     edges; with distortion, the bounding box of the undistorted border plus one pixel.
 
-    Raises ValueError when the distortion model folds back before the image border: such
+    Raises InvalidCameraError when the distortion model folds back before the image border: such
     coefficients cannot describe the lens. The border in normalised coordinates does not depend
     on the image resolution, so a camera valid at its own size is valid at any output size.
     """
@@ -258,7 +260,7 @@ def undistorted_bounds(
     xy = undistort_normalised((border - [cx, cy]) / [fx, fy], dist)
     fold = radial_fold_radius(dist)
     if not np.all(np.isfinite(xy)) or np.linalg.norm(xy, axis=1).max() >= fold:
-        raise ValueError(
+        raise InvalidCameraError(
             f"distortion {dist.tolist()} folds back within the image: the radial model stops growing "
             f"at r = {fold:.3g}, before the image border"
         )

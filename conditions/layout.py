@@ -64,7 +64,6 @@ __all__ = [
     "INSTANCE_CHANNEL",
     "FACE_SHADES",
     "LayoutConfig",
-    "ground_footprint",
     "clip_map_for_camera",
     "render_layout",
     "control_from_layout",
@@ -223,21 +222,6 @@ def _camera_ground_cached(ego_to_cam_key: bytes, planes_key: bytes, ground_h: fl
         # A hair beyond the near line so rounding cannot put a vertex behind the camera.
         rect = (x_near + 1e-6, -range_m, max(x_near + 1e-6, range_m), range_m)
     return _CameraGround(footprint, ego_to_frame, frame_to_cam, rect)
-
-
-def ground_footprint(
-    view: CameraView, ego_to_world_44: np.ndarray, ground_height_m: float, range_m: float, near_m: float = 0.1
-) -> shapely.Polygon | None:
-    """The ground this camera sees within `range_m`, as a world x/y polygon (None if none).
-
-    A square of the ground plane around the camera is clipped to the frustum in camera space;
-    the result is exactly the visible ground (a convex polygon), mapped back to world x/y.
-    """
-    ground = _camera_ground(view, ground_height_m, near_m, range_m)
-    if ground.footprint_ego_Q2 is None:
-        return None
-    pose_33 = planar_pose(ego_to_world_44)
-    return shapely.Polygon(ground.footprint_ego_Q2 @ pose_33[:2, :2].T + pose_33[:2, 2])
 
 
 def _camera_ground(view: CameraView, ground_h: float, near_m: float, range_m: float) -> _CameraGround:

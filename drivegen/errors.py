@@ -1,4 +1,4 @@
-"""Error types shared across drivegen.
+"""Every error drivegen raises, in one place.
 
 Every error is a ``ValueError`` subclass (via ``DrivegenError``) so callers that
 already catch bad-input ``ValueError`` keep working; messages name the input
@@ -26,16 +26,28 @@ class LogError(DrivegenError):
         super().__init__(f"log {log!r}: {reason}")
 
 
+class ConfigError(DrivegenError):
+    """A setting of an entry point is invalid (the message names the key, the value and the fix)."""
+
+
 class StoreError(DrivegenError):
-    """A dataset store / cache could not be read or written."""
+    """A clip store could not be read or written (the message names the path and the fix)."""
 
 
-class PreprocessConfigError(DrivegenError):
-    """A `drivegen.preprocess.PreprocessConfig` field is out of range (the message names the key)."""
+class CheckpointError(DrivegenError, FileNotFoundError):
+    """A training checkpoint is missing, incomplete or corrupt (the message names the folder and the fix)."""
 
 
-class DatasetConfigError(DrivegenError):
-    """A `drivegen.dataset.ClipDataset` argument does not fit the store (the message lists what it holds)."""
+class TrainConfigError(ConfigError):
+    """A ``python -m drivegen.train`` setting is invalid; the message names the key."""
+
+
+class PreprocessConfigError(ConfigError):
+    """A `drivegen.data.preprocess.PreprocessConfig` field is out of range (the message names the key)."""
+
+
+class DatasetConfigError(ConfigError):
+    """A `drivegen.data.dataset.ClipDataset` argument does not fit the store (the message lists what it holds)."""
 
 
 class ScenarioError(DrivegenError):
@@ -54,5 +66,5 @@ class ScenarioError(DrivegenError):
         super().__init__(f"scenario {scenario!r}: {who}field {field}: {reason}")
 
 
-class GenerateConfigError(DrivegenError):
+class GenerateConfigError(ConfigError):
     """A `drivegen.generate` setting is invalid or does not fit the checkpoint (the message names the key)."""

@@ -1,8 +1,9 @@
 """``python -m drivegen.generate [key=value ...]``: scenarios -> videos and labels (configs/generate.yaml).
 
-With no arguments (after ``make train``): the edited sample scenario configs/scenarios/sample_edit.yaml
-with the checkpoint in outputs/train/checkpoint, on the CPU, into outputs/generate/sample_edit/.
-Several scenarios: ``scenarios=[a.yaml,b.yaml]`` (Ray actors; ``ray.address=...`` for a cluster).
+With no arguments (after ``make train``): the edited sample scenario ``sample_edit.yaml`` (shipped in
+drivegen/generate/scenarios/) with the newest checkpoint under outputs/train, on the CPU, into
+outputs/generate/sample_edit/. Several scenarios: ``scenarios=[a.yaml,b.yaml]`` (Ray actors;
+``ray.address=...`` for a cluster).
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from drivegen.config import CONFIG_DIR, register_schema, to_dataclass
 from drivegen.errors import DrivegenError
 from drivegen.generate.batch import run
-from drivegen.generate.config import to_config
+from drivegen.generate.config import GenerateConfig
+
+register_schema("generate_schema", GenerateConfig)
 
 
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="generate")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="generate")
 def main(cfg: DictConfig) -> None:
     try:
-        report = run(to_config(cfg))
+        report = run(to_dataclass(GenerateConfig, cfg))
     except DrivegenError as exc:  # a wrong setting: the message names the key, no traceback needed
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

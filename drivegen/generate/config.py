@@ -7,7 +7,7 @@ from typing import Optional
 
 from drivegen.errors import GenerateConfigError
 from drivegen.generate.scenario import ValidationConfig
-from drivegen.preprocess import RayConfig
+from drivegen.workpool import RayConfig
 
 
 @dataclass(kw_only=True)
@@ -58,7 +58,7 @@ class LabelsConfig:
     """Quality of the generated frames written as the dataroot's camera images."""
 
     def __post_init__(self) -> None:
-        from drivegen.nuscenes_format import NUSCENES_LOCATIONS
+        from drivegen.data.nuscenes_format import NUSCENES_LOCATIONS
 
         if self.location not in NUSCENES_LOCATIONS:
             raise GenerateConfigError(f"labels.location={self.location!r}: choose one of {list(NUSCENES_LOCATIONS)}")
@@ -68,10 +68,11 @@ class LabelsConfig:
 
 @dataclass(kw_only=True)
 class GenerateConfig:
-    checkpoint: str = "outputs/train/checkpoint"
-    """A checkpoint folder written by python -m drivegen.train (model.safetensors, ...)."""
-    scenarios: list[str] = field(default_factory=lambda: ["configs/scenarios/sample_edit.yaml"])
-    """Scenario files (YAML/JSON); each is generated into out/<scenario name>/."""
+    checkpoint: str = "outputs/train"
+    """A training run folder (its newest checkpoint) or one checkpoint-<step>/ folder, written by python -m drivegen.train."""
+    scenarios: list[str] = field(default_factory=lambda: ["sample_edit.yaml"])
+    """Scenario files (YAML/JSON), as paths or names of the scenarios shipped in drivegen/generate/scenarios/;
+    each is generated into out/<scenario name>/."""
     out: str = "outputs/generate"
     """Output root; report.json of the last run lands here."""
     length: Optional[int] = None
@@ -102,11 +103,3 @@ class GenerateConfig:
         """The settings a finished scenario's outputs depend on (with the scenario and checkpoint)."""
         d = asdict(self)
         return {k: d[k] for k in ("length", "ema", "sampler", "validation", "video", "labels")}
-
-
-def to_config(cfg) -> GenerateConfig:
-    """A Hydra/OmegaConf config as a checked dataclass (unknown keys and wrong types are rejected)."""
-    from omegaconf import OmegaConf
-
-    merged = OmegaConf.merge(OmegaConf.structured(GenerateConfig), cfg)
-    return OmegaConf.to_object(merged)

@@ -5,9 +5,9 @@ The Generator loads the checkpoint once (a Ray actor holds one) and runs scenari
 1. Scenario: parse the file, resolve the source clip and the length, skip if already finished.
 2. Scene: open the clip's log (map, ego path, agents) and apply the edits (drivegen.generate.scenario).
 3. Conditions: render every frame of the edited scene with the store's conditions settings
-   (drivegen.preprocess.render_clip_arrays, the same code that wrote the training store).
-4. Latents: sample chunk by chunk (drivegen.generate.sampler.sample_video); each chunk is
-   conditioned as a training clip of its own (drivegen.train.trainer.prepare_conditions).
+   (drivegen.data.clips.render_clip_arrays, the same code that wrote the training store).
+4. Latents: sample chunk by chunk (drivegen.model.sampler.sample_video); each chunk is
+   conditioned as a training clip of its own (drivegen.model.conditioning.prepare_conditions).
 5. Pixels: decode group by group (chopgrad_core.decode, stream=True) straight into the mp4
    writers and the dataroot's JPEGs, so memory does not grow with length.
 6. Labels and manifest: the edited scene as a nuScenes dataroot, then manifest.json; the
@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
-import uuid
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -37,83 +34,18 @@ import numpy as np
 import torch
 
 import chopgrad_core
+from chopgrad_core.atomic import atomic_dir, write_bytes, write_json, write_png
+from chopgrad_core.video import Mp4Writer, mosaic, to_uint8
 from drivegen.errors import GenerateConfigError, ScenarioError
 from drivegen.generate.config import GenerateConfig
-from drivegen.generate.sampler import chunk_starts, sample_video
 from drivegen.generate.scenario import EditedScene, Scenario, apply_edits, load_scenario
-from drivegen.store import write_json_atomic
-from drivegen.video import mosaic, to_uint8
+from drivegen.model.checkpoint import checkpoint_digest, load_trained
+from drivegen.model.conditioning import batch_from_arrays, prepare_conditions
+from drivegen.model.objective import LatentSpace
+from drivegen.model.sampler import chunk_starts, sample_video
 
 MANIFEST = "manifest.json"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-# ----------------------------------------------------------------------------------------------
-# Streaming mp4 (belongs beside write_mp4 in chopgrad_core.video; see the generation issue note)
-# ----------------------------------------------------------------------------------------------
-
-
-class Mp4Writer:
-    """An mp4 written group by group (memory does not grow with length), atomic: it appears under
-    its name only when closed with ok=True; otherwise the temp file is removed."""
-
-    def __init__(self, path: str | os.PathLike, fps: float = 12) -> None:
-        import imageio.v2 as imageio
-
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(self.path.stem + ".partial.mp4")
-        # macro_block_size=1: keep odd sizes as they are instead of resizing with a warning.
-        self._writer = imageio.get_writer(self._tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1)
-
-    def append(self, frames_FHW3: np.ndarray) -> None:
-        for frame in frames_FHW3:
-            self._writer.append_data(frame)
-
-    def close(self, ok: bool = True) -> None:
-        self._writer.close()
-        if ok:
-            os.replace(self._tmp, self.path)
-        else:
-            self._tmp.unlink(missing_ok=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoint
-# ----------------------------------------------------------------------------------------------
-
-
-def checkpoint_digest(folder: Path, ema: bool) -> str:
-    """sha256 over the weight files generation uses (model or EMA, and the VAE if saved there)."""
-    h = hashlib.sha256()
-    files = [folder / ("ema.safetensors" if ema and (folder / "ema.safetensors").is_file() else "model.safetensors")]
-    files += sorted((folder / "vae").glob("*")) if (folder / "vae").is_dir() else []
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-def _check_checkpoint(folder: str) -> Path:
-    path = Path(folder)
-    if not (path / "model.safetensors").is_file():
-        raise GenerateConfigError(f"checkpoint={folder!r} holds no model.safetensors; run `make train` (it writes "
-                                  "outputs/train/checkpoint) or set checkpoint= to a folder written by drivegen.train")
-    return path
-
-
-def load_checkpoint(folder: Path, device: torch.device, ema: bool):
-    """(TrainConfig, ControlledWan in eval mode, VAE) from a drivegen.train checkpoint folder."""
-    from drivegen.train.trainer import load_trained
-
-    train_cfg, model, vae = load_trained(folder, device)
-    if ema and (folder / "ema.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(folder / "ema.safetensors")))
-    return train_cfg, model.to(device).eval().requires_grad_(False), vae.to(device).eval().requires_grad_(False)
+SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,25 +53,21 @@ def load_checkpoint(folder: Path, device: torch.device, ema: bool):
 # ----------------------------------------------------------------------------------------------
 
 
-def _resolve(path: str) -> Path:
-    """A path as given (relative to the working folder), else relative to the repository."""
-    p = Path(path)
-    return p if p.exists() or p.is_absolute() else (REPO_ROOT / p if (REPO_ROOT / p).exists() else p)
-
-
 def resolve_scenario_file(path: str) -> Path:
-    return _resolve(path)
+    """A scenario file as given (relative to the working folder), else one of the scenarios shipped
+    with drivegen (``drivegen/generate/scenarios/``, e.g. ``sample_edit.yaml``)."""
+    p = Path(path).expanduser()
+    return p if p.exists() or p.is_absolute() or not (SCENARIOS_DIR / p).exists() else SCENARIOS_DIR / p
 
 
 def source_clip(store: Path, clip: str | None, datasets, scenario: str) -> tuple[dict, dict]:
     """(clip attrs, store settings) of the scenario's source clip."""
-    from drivegen.dataset import _open_root
-    from drivegen.store import CLIPS, FORMAT
+    from drivegen.data.store import CLIPS, FORMAT, open_root
 
     if not (store / "zarr.json").is_file():
         raise ScenarioError(scenario, None, "source.store", f"no clip store at {str(store)!r}; run `make train` "
-                            "(it writes datasets/train_clips.zarr) or set source.store to a drivegen.preprocess store")
-    root = _open_root(str(store))
+                            "(it writes datasets/train_clips.zarr) or set source.store to a store written by python -m drivegen.preprocess")
+    root = open_root(str(store))
     meta = root.attrs.get("drivegen") or {}
     if meta.get("format") != FORMAT:
         raise ScenarioError(scenario, None, "source.store", f"{str(store)!r} is not a drivegen clip store")
@@ -182,11 +110,10 @@ class Generator:
         self.cfg = cfg
         self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                                    else ("cpu" if cfg.device == "auto" else cfg.device))
-        self.checkpoint = _check_checkpoint(cfg.checkpoint)
+        trained = load_trained(cfg.checkpoint, self.device, ema=cfg.ema, key="checkpoint")
+        self.checkpoint, self.model, self.vae = trained.folder, trained.model, trained.vae
         self.checkpoint_hash = checkpoint_hash or checkpoint_digest(self.checkpoint, cfg.ema)
-        self.train_cfg, self.model, self.vae = load_checkpoint(self.checkpoint, self.device, cfg.ema)
-        from drivegen.objective import LatentSpace
-
+        self.data = trained.config["data"]  # the training run's data settings (store, clip length, ...)
         self.space = LatentSpace(self.vae)
         self.decoder = chopgrad_core.wrap(self.vae)
         self._logs: dict[tuple, Any] = {}
@@ -199,12 +126,12 @@ class Generator:
         return scenario, folder, output_key(scenario, self.checkpoint_hash, self.cfg)
 
     def _length(self, scenario: Scenario) -> int:
-        return scenario.frames or self.cfg.length or self.train_cfg.data.clip_length
+        return scenario.frames or self.cfg.length or self.data["clip_length"]
 
     def _log(self, attrs: dict, scenario: str):
-        from drivegen.ingest import LogRef, open_log
+        from drivegen.data.ingest import LogRef, open_log
 
-        ref = LogRef(kind=attrs["log_kind"], path=str(_resolve(attrs["log_path"])), name=attrs["log"],
+        ref = LogRef(kind=attrs["log_kind"], path=str(Path(attrs["log_path"]).expanduser()), name=attrs["log"],
                      version=attrs.get("log_version"))
         key = (ref.kind, ref.path, ref.name)
         if key not in self._logs:
@@ -226,13 +153,13 @@ class Generator:
             field = "text." + sorted(scenario.text)[0]
             raise ScenarioError(scenario.name, None, field, "this checkpoint's model has no text conditioning (it "
                                 "attends to learned null tokens in place of text); remove `text` from the scenario")
-        data = self.train_cfg.data
-        store = _resolve(scenario.source.store or data.store)
-        attrs, settings = source_clip(store, scenario.source.clip, data.datasets, scenario.name)
-        if list(settings["conditions"]["image_size"]) != list(data.image_size):
+        data = self.data
+        store = Path(scenario.source.store or data["store"]).expanduser()
+        attrs, settings = source_clip(store, scenario.source.clip, data["datasets"], scenario.name)
+        if list(settings["conditions"]["image_size"]) != list(data["image_size"]):
             raise ScenarioError(scenario.name, None, "source.store",
                                 f"{str(store)!r} holds {settings['conditions']['image_size']} images; the checkpoint "
-                                f"was trained at {list(data.image_size)}: use a store preprocessed at that size")
+                                f"was trained at {list(data['image_size'])}: use a store preprocessed at that size")
         num_frames = self._length(scenario)
         # 2. Scene: the log, edited.
         log = self._log(attrs, scenario.name)
@@ -240,15 +167,14 @@ class Generator:
             warnings.simplefilter("always")
             edited = apply_edits(scenario, log.scene, int(attrs["start_frame"]), num_frames, self.cfg.validation)
         # 3. Conditions of every frame.
-        from drivegen.preprocess import ConditionsConfig, render_clip_arrays
+        from drivegen.data.clips import render_clip_arrays
+        from drivegen.data.preprocess.config import ConditionsConfig
 
         layout_cfg = ConditionsConfig(**settings["conditions"]).layout_config()
         cameras = list(attrs["cameras"])
         arrays, _ = render_clip_arrays(edited.scene, list(range(num_frames)), cameras, layout_cfg)
         # 4.-6. Latents, pixels, labels, manifest: into a temp folder, renamed into place at the end.
-        tmp = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        try:
+        with atomic_dir(folder) as tmp:
             stats = self._render(scenario, edited, arrays, cameras, tmp)
             manifest = {
                 "scenario": scenario.name, "scenario_file": str(path), "scenario_hash": scenario.digest(),
@@ -262,15 +188,7 @@ class Generator:
                 "warnings": [str(w.message) for w in caught], "device": str(self.device),
                 "seconds": round(time.perf_counter() - t_start, 3), **stats,
             }
-            write_json_atomic(tmp / MANIFEST, manifest)  # last file: a folder with a manifest is finished
-            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            if folder.exists():
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            write_json(tmp / MANIFEST, manifest)  # last file: a folder with a manifest is finished
         return {"scenario": scenario.name, "status": "generated", "folder": str(folder),
                 "seconds": manifest["seconds"], "frames": num_frames, "warnings": manifest["warnings"]}
 
@@ -278,7 +196,7 @@ class Generator:
         return self.cfg.sampler.seed if scenario.seed is None else scenario.seed
 
     def _chunk_latents(self, num_latent: int) -> int:
-        frames = self.cfg.sampler.chunk_frames or self.train_cfg.data.clip_length
+        frames = self.cfg.sampler.chunk_frames or self.data["clip_length"]
         chunk = (frames - 1) // 4 + 1
         if self.cfg.sampler.overlap >= min(chunk, num_latent) and num_latent > chunk:
             raise GenerateConfigError(f"sampler.overlap={self.cfg.sampler.overlap} must be below the chunk's {chunk} "
@@ -286,8 +204,6 @@ class Generator:
         return chunk
 
     def _render(self, scenario: Scenario, edited: EditedScene, arrays: dict, cameras: list[str], out: Path) -> dict:
-        from drivegen.train.trainer import prepare_conditions
-
         cfg, device = self.cfg, self.device
         T = arrays["control"].shape[0]
         K = len(cameras)
@@ -299,7 +215,7 @@ class Generator:
         # 4. Latents, chunk by chunk; each chunk's conditions are those of pixel frames 4s..4(s+L-1).
         def inputs(start: int, length: int):
             frames = slice(4 * start, 4 * (start + length - 1) + 1)
-            batch = _batch(arrays, frames)
+            batch = batch_from_arrays(arrays, frames)
             return prepare_conditions(batch, self.vae, self.space, device)
 
         chunk = self._chunk_latents(n)
@@ -332,10 +248,9 @@ class Generator:
                     writers[k].append(video[k])
                     for j in range(f):
                         path = out / "nuscenes" / image_file(cam, frame + j)
-                        path.parent.mkdir(parents=True, exist_ok=True)
                         okj, buf = cv2.imencode(".jpg", video[k, j][..., ::-1],
                                                 [cv2.IMWRITE_JPEG_QUALITY, cfg.labels.jpeg_quality])
-                        path.write_bytes(buf.tobytes())
+                        write_bytes(path, buf.tobytes())
                 rows = [video.swapaxes(0, 1)]
                 if cfg.video.controls:
                     rows.append(arrays["control"][frame:frame + f])  # (f, K, H, W, 3)
@@ -343,16 +258,21 @@ class Generator:
                 frame += f
             ok = True
         finally:
+            # Every writer is closed (or discarded) even when one of them fails to finish its file.
+            errors = []
             for w in writers + [grid]:
-                w.close(ok=ok)
+                try:
+                    w.close(ok=ok)
+                except Exception as exc:  # noqa: PERF203
+                    errors.append(exc)
+            if errors and ok:
+                raise errors[0]
         decode_s = time.perf_counter() - t0
         assert frame == T, (frame, T)
-        import imageio.v2 as imageio
-
-        imageio.imwrite(out / "conditions_frame0.png", mosaic([arrays["control"][:1]])[0])
+        write_png(out / "conditions_frame0.png", mosaic([arrays["control"][:1]])[0])
 
         # 6. Labels: the edited scene as a nuScenes dataroot.
-        from drivegen.nuscenes_format import write_scene_dataroot
+        from drivegen.data.nuscenes_format import write_scene_dataroot
 
         labels = cfg.labels
         scene = edited.scene
@@ -367,15 +287,3 @@ class Generator:
         return {"fps": fps, "latent_frames": n, "chunks": len(chunk_starts(n, min(chunk, n), cfg.sampler.overlap)),
                 "sample_seconds": round(sample_s, 3), "decode_seconds": round(decode_s, 3),
                 "labels": {"dataroot": "nuscenes", "version": labels.version, "scene": name}}
-
-
-def _batch(arrays: dict, frames: slice) -> dict:
-    """Rendered condition arrays (T leading) -> a ClipDataset-like batch of one clip (B = 1), without
-    images (prepare_conditions does not read them)."""
-    def t(name):
-        return torch.from_numpy(np.ascontiguousarray(arrays[name][frames])).unsqueeze(0)
-
-    control = t("control").permute(0, 1, 2, 5, 3, 4).float() / 127.5 - 1.0  # (B, T, K, 3, H, W)
-    return {"control": control, "layout": t("layout"),
-            "box_corners": t("box_corners"), "box_params": t("box_params"), "box_class": t("box_class"),
-            "box_mask": t("box_mask"), "intrinsics": t("intrinsics"), "cam_to_ego": t("cam_to_ego")}

@@ -1,6 +1,6 @@
 """Scenarios: a clip of the store (its log's map, ego path and agents) plus edits, as a new scene.
 
-A scenario file (YAML or JSON; ``configs/scenarios/sample_edit.yaml`` is the example):
+A scenario file (YAML or JSON; ``drivegen/generate/scenarios/sample_edit.yaml`` is the example):
 
     name: cut_in                      # output folder name (default: the file's stem)
     source: {store: null, clip: null} # store: null = the checkpoint's data.store; clip: null = its first clip
@@ -176,7 +176,7 @@ def load_scenario(path: str | Path) -> Scenario:
     path = Path(path)
     if not path.is_file():
         raise ScenarioError(str(path), None, "file", f"{str(path)!r} does not exist; pass a scenario YAML/JSON file "
-                                                     "(configs/scenarios/sample_edit.yaml is an example)")
+                                                     "(drivegen/generate/scenarios/sample_edit.yaml is an example)")
     text = path.read_text()
     if path.suffix == ".json":
         raw = json.loads(text)

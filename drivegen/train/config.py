@@ -6,19 +6,22 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from chopgrad_core.config import ChopGradConfig
-from drivegen.errors import DrivegenError
-from drivegen.model import ModelConfig
-from drivegen.objective import ObjectiveConfig
+from drivegen.errors import TrainConfigError
+from drivegen.model.controlled_wan import ModelConfig
+from drivegen.model.objective import ObjectiveConfig
+
+__all__ = ["DataConfig", "TrainConfig", "TrainerConfig"]
 
 
-class TrainConfigError(DrivegenError):
-    """A training setting is invalid; the message names the key."""
+def _check(key: str, value, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise TrainConfigError(f"{key}={value!r}: expected {allowed}")
 
 
 @dataclass(kw_only=True)
 class DataConfig:
     logs: str = "datasets/sample"
-    """Logs to preprocess when the store is missing (generated with drivegen.sample_data if absent)."""
+    """Logs to preprocess when the store is missing (generated with drivegen.data.sample_data if absent)."""
     store: str = "datasets/train_clips.zarr"
     """The clip store (python -m drivegen.preprocess); made from ``logs`` when missing."""
     image_size: list[int] = field(default_factory=lambda: [64, 112])
@@ -33,6 +36,8 @@ class DataConfig:
     """DataLoader worker processes (spawn context)."""
 
     def __post_init__(self) -> None:
+        _check("data.batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
+        _check("data.num_workers", self.num_workers, self.num_workers >= 0, "an integer >= 0")
         if (self.clip_length - 1) % 4 != 0 or self.clip_length < 1:
             raise TrainConfigError(f"data.clip_length={self.clip_length} must be 1 + 4k (e.g. 5, 9, 17)")
         if len(self.image_size) != 2 or any(s % 16 for s in self.image_size):
@@ -66,7 +71,9 @@ class TrainerConfig:
     sample_steps: int = 20
     """Sampler steps for the videos written after training (0: no videos)."""
     save_every: int = 0
-    """Steps between checkpoints (0: only at the end). Each replaces out/checkpoint atomically."""
+    """Steps between checkpoints (0: only at the end), each written atomically as out/checkpoint-<step>/."""
+    keep_checkpoints: int = 3
+    """Newest checkpoints kept under out (older ones are removed after each save); 0 keeps all."""
     lora: Optional[int] = None
     """LoRA rank for the transformer's attention and feed-forward layers (peft, through diffusers'
     adapter support); the condition embeddings and the control patch embedding stay fully trained.
@@ -74,13 +81,23 @@ class TrainerConfig:
     tensorboard: bool = True
     """Write TensorBoard scalars (losses, grad norm, learning rate, speed) under out/tensorboard."""
     resume: Optional[str] = None
-    """A checkpoint folder to continue from, ``auto`` (out/checkpoint), or null."""
+    """A checkpoint folder (or run folder) to continue from; ``auto``: the newest complete checkpoint
+    under out if there is one, else a fresh start; null: a fresh start."""
+    overwrite: bool = False
+    """Allow a fresh run (resume=null) into an out that already holds checkpoints."""
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.lr <= 0:
-            raise TrainConfigError("trainer.steps must be >= 1 and trainer.lr > 0")
-        if self.grad_accum < 1:
-            raise TrainConfigError(f"trainer.grad_accum={self.grad_accum} must be >= 1")
+        _check("trainer.steps", self.steps, self.steps >= 1, "an integer >= 1")
+        _check("trainer.lr", self.lr, self.lr > 0, "a learning rate > 0")
+        _check("trainer.weight_decay", self.weight_decay, self.weight_decay >= 0, "a value >= 0")
+        _check("trainer.grad_clip", self.grad_clip, self.grad_clip > 0, "a gradient-norm bound > 0")
+        _check("trainer.grad_accum", self.grad_accum, self.grad_accum >= 1, "an integer >= 1")
+        _check("trainer.sample_steps", self.sample_steps, self.sample_steps >= 0, "an integer >= 0 (0: no videos)")
+        _check("trainer.save_every", self.save_every, self.save_every >= 0, "an integer >= 0 (0: only at the end)")
+        _check("trainer.keep_checkpoints", self.keep_checkpoints, self.keep_checkpoints >= 0,
+               "an integer >= 0 (0: keep all)")
+        _check("trainer.device", self.device, self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+               "auto, cpu, cuda or cuda:N")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise TrainConfigError(f"trainer.ema={self.ema} must be in (0, 1) or null")
         if self.lora is not None and self.lora < 1:
@@ -96,10 +113,3 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     chopgrad: ChopGradConfig = field(default_factory=ChopGradConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> "TrainConfig":
-        """From plain nested dicts: a resolved Hydra config or the JSON a checkpoint carries."""
-        return cls(model=ModelConfig(**raw["model"]), data=DataConfig(**raw["data"]),
-                   objective=ObjectiveConfig(**raw["objective"]), chopgrad=ChopGradConfig(**raw["chopgrad"]),
-                   trainer=TrainerConfig(**raw["trainer"]))

@@ -1,5 +1,5 @@
 """Shared fixtures: sample logs, a small 2-camera clip store and a tiny trained checkpoint, made once
-per session (the store through drivegen.preprocess and Ray, the checkpoint through drivegen.train)."""
+per session (the store through drivegen.data.preprocess and Ray, the checkpoint through drivegen.train)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _no_ray_left_behind():
 
 @pytest.fixture(scope="session")
 def logs(tmp_path_factory) -> Path:
-    from drivegen.sample_data import generate_sample_logs
+    from drivegen.data.sample_data import generate_sample_logs
 
     root = tmp_path_factory.mktemp("generate")
     generate_sample_logs(root / "logs")
@@ -42,7 +42,7 @@ def logs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def world(logs) -> World:
-    from drivegen import preprocess
+    from drivegen.data import preprocess
     from drivegen.train import DataConfig, TrainConfig, Trainer, TrainerConfig
 
     torch.set_flush_denormal(True)  # random-weight decoders produce denormals
@@ -54,13 +54,13 @@ def world(logs) -> World:
     preprocess.run(cfg)
     data = DataConfig(logs=str(root / "logs"), store=str(root / "clips.zarr"), image_size=IMAGE_SIZE)
     Trainer(TrainConfig(data=data, trainer=TrainerConfig(steps=2, sample_steps=0, out=str(root / "train")))).train()
-    return World(logs=root / "logs", store=root / "clips.zarr", checkpoint=root / "train" / "checkpoint", root=root)
+    return World(logs=root / "logs", store=root / "clips.zarr", checkpoint=root / "train", root=root)
 
 
 @pytest.fixture(scope="session")
 def source_scene(logs):
     """The nuScenes sample log as a Scene (the source of every scenario here)."""
-    from drivegen.ingest import discover_logs, open_log
+    from drivegen.data.ingest import discover_logs, open_log
 
     ref = next(r for r in discover_logs(logs) if r.kind == "nuscenes")
     return open_log(ref).scene

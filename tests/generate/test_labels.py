@@ -11,7 +11,7 @@ import pytest
 
 from conditions import map_nuscenes_categories
 from drivegen.generate.scenario import apply_edits, parse_scenario
-from drivegen.nuscenes_format import write_scene_dataroot
+from drivegen.data.nuscenes_format import write_scene_dataroot
 
 VERSION = "v1.0-test-generated"
 SCENARIO = {"name": "labels", "remove": [18], "ego": {"speed_scale": 0.5},
@@ -75,8 +75,8 @@ class TestNuScenesLabels:
         assert counts["motorcycle"] == source["motorcycle"] - 1 and counts["truck"] == source.get("truck", 0) + 1
 
     def test_drivegen_reader_reads_back_the_edited_scene(self, dataroot):
-        from drivegen.ingest import LogRef
-        from drivegen.ingest.nuscenes import NuScenesReader
+        from drivegen.data.ingest import LogRef
+        from drivegen.data.ingest.nuscenes import NuScenesReader
 
         root, edited = dataroot
         scene = NuScenesReader(LogRef("nuscenes", str(root), "labels", VERSION)).scene

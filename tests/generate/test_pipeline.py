@@ -13,7 +13,7 @@ import imageio.v2 as imageio
 import pytest
 
 from generate_shared import CAMERAS, IMAGE_SIZE, write_scenario
-from drivegen.errors import GenerateConfigError
+from drivegen.errors import CheckpointError, GenerateConfigError
 from drivegen.generate import pipeline
 from drivegen.generate.batch import run
 from drivegen.generate.config import GenerateConfig, SamplerConfig
@@ -95,7 +95,7 @@ class TestGenerate:
         assert run(changed)["totals"]["generated"] == 1
 
     def test_missing_checkpoint_names_the_key_and_make_train(self, tmp_path):
-        with pytest.raises(GenerateConfigError, match=r"checkpoint='.*nothing'.*make train"):
+        with pytest.raises(CheckpointError, match=r"checkpoint='.*nothing'.*make train"):
             run(GenerateConfig(checkpoint=str(tmp_path / "nothing"), out=str(tmp_path), progress=False))
 
     def test_text_without_text_conditioning_fails_naming_the_field(self, world, tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drivegen.generate.sampler import chunk_starts, null_conditions, sample_latents, sample_video
+from drivegen.model.sampler import chunk_starts, null_conditions, sample_latents, sample_video
 
 SHAPE = (1, 2, 4, 3, 2, 2)  # B K C t h w
 

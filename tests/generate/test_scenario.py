@@ -12,7 +12,7 @@ import pytest
 from conditions import LayoutConfig
 from drivegen.errors import ScenarioError
 from drivegen.generate.scenario import ValidationConfig, apply_edits, load_scenario, parse_scenario
-from drivegen.preprocess import render_clip_arrays
+from drivegen.data.clips import render_clip_arrays
 
 FRAMES = 13  # ~1 s at 12 Hz
 CAMERAS = ["CAM_FRONT", "CAM_BACK"]
@@ -147,9 +147,9 @@ class TestScenarioValidation:
             load_scenario(path)
 
     def test_shipped_sample_scenario_is_valid(self, source_scene):
-        from drivegen.generate.pipeline import REPO_ROOT
+        from drivegen.generate.pipeline import resolve_scenario_file
 
-        scenario = load_scenario(REPO_ROOT / "configs" / "scenarios" / "sample_edit.yaml")
+        scenario = load_scenario(resolve_scenario_file("sample_edit.yaml"))
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # not even an off-map warning
             edited = apply_edits(scenario, source_scene, 0, scenario.frames)

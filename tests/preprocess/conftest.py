@@ -15,6 +15,6 @@ import preprocess_logs  # noqa: E402
 @pytest.fixture(scope="session")
 def logs(tmp_path_factory):
     """{"good": [refs], "corrupt": ref, "stripped": ref, "opener": callable or None}: the sample
-    logs of drivegen.sample_data and their corrupt and image-less variants."""
+    logs of drivegen.data.sample_data and their corrupt and image-less variants."""
     root = tmp_path_factory.mktemp("logs")
     return preprocess_logs.sample_logs(root)

@@ -1,4 +1,4 @@
-"""Logs for the preprocessing tests: the project's sample logs (drivegen.sample_data), variants of
+"""Logs for the preprocessing tests: the project's sample logs (drivegen.data.sample_data), variants of
 them (a corrupt copy, a Waymo segment stripped of its images), and an opener that kills its
 worker process once. Imported by Ray workers too (the tests put this folder on PYTHONPATH).
 """
@@ -18,9 +18,9 @@ import numpy as np
 def sample_logs(root: Path) -> dict:
     """Sample logs under root/good, plus root/bad (a corrupt Waymo copy) and root/stripped (a
     Waymo segment without images). Returns {"good": [...], "corrupt": ref, "stripped": ref, "opener": None}."""
-    from drivegen.ingest import discover_logs
-    from drivegen.ingest.tfrecord import iter_records, write_records
-    from drivegen.sample_data import generate_sample_logs
+    from drivegen.data.ingest import discover_logs
+    from drivegen.data.ingest.tfrecord import iter_records, write_records
+    from drivegen.data.sample_data import generate_sample_logs
 
     good = root / "good"
     generate_sample_logs(good)
@@ -74,6 +74,6 @@ class _CrashOnce:
 def crash_once_opener(ref, marker: str, after: int, inner=None):
     """open_log (or `inner`), with a reader that kills its worker once; use with functools.partial."""
     if inner is None:
-        from drivegen.ingest import open_log as inner
+        from drivegen.data.ingest import open_log as inner
     return _CrashOnce(inner(ref), marker, after)
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drivegen import store
-from drivegen.dataset import ClipDataset, DatasetConfigError
-from drivegen.preprocess import ClipWorker, clip_starts, load_config
+from drivegen.data import store
+from drivegen.data.dataset import ClipDataset, DatasetConfigError
+from drivegen.data.clips import clip_starts
+from drivegen.data.preprocess import ClipWorker, load_config
 
 T_STORED, H, W, S = 4, 64, 112, 16
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import zarr
 
-from drivegen import store
-from drivegen.preprocess import ClipWorker, load_config
+from drivegen.data import store
+from drivegen.data.preprocess import ClipWorker, load_config
 
 
 @pytest.fixture

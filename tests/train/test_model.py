@@ -10,8 +10,8 @@ from diffusers import WanVACETransformer3DModel
 
 import chopgrad_core as cg
 from chopgrad_core.tiny import tiny_wan21
-from drivegen.model import ControlledWan, ModelConfig, pool_layout, tile_cameras, untile_cameras
-from drivegen.objective import LatentSpace, ObjectiveConfig, losses
+from drivegen.model.controlled_wan import ControlledWan, ModelConfig, pool_layout, tile_cameras, untile_cameras
+from drivegen.model.objective import LatentSpace, ObjectiveConfig, losses
 
 B, K, C, T, h, w, S = 1, 2, 16, 2, 4, 6, 3
 

@@ -7,9 +7,9 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from drivegen.sample_data import generate_sample_logs
+from drivegen.data.sample_data import generate_sample_logs
 from drivegen.train import DataConfig, TrainConfig, Trainer, TrainerConfig
-from drivegen.train.config import TrainConfigError
+from drivegen.errors import ConfigError, TrainConfigError
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ class TestResume:
 
     def test_checkpoint_from_another_model_config_names_the_key(self, store, tmp_path):
         Trainer(TrainConfig(data=store, trainer=TrainerConfig(steps=1, out=str(tmp_path), sample_steps=0))).train()
-        from drivegen.model import ModelConfig
+        from drivegen.model.controlled_wan import ModelConfig
 
         cfg = TrainConfig(data=store, model=ModelConfig(num_layers=3),
                           trainer=TrainerConfig(steps=2, out=str(tmp_path), resume="auto"))
@@ -69,8 +69,9 @@ class TestTrainer:
         summary = Trainer(cfg).train()
         assert summary["flow_last"] < 0.9 * summary["flow_first"]
         out = tmp_path / "out"
-        assert load_file(out / "checkpoint" / "model.safetensors")
-        assert load_file(out / "checkpoint" / "optimizer.safetensors")
+        assert load_file(out / "checkpoint-00000030" / "model.safetensors")
+        assert load_file(out / "checkpoint-00000030" / "optimizer.safetensors")
+        assert (out / "latest").read_text().strip() == "checkpoint-00000030"
         assert len(json.loads((out / "history.json").read_text())) == 30
         assert (out / "loss.png").stat().st_size > 0
         samples = out / "samples"
@@ -92,7 +93,7 @@ class TestPretrained:
     def test_local_folder_loads_unchanged(self, store, tmp_path):
         import torch
         from chopgrad_core.tiny import tiny_wan21
-        from drivegen.model import ControlledWan, ModelConfig
+        from drivegen.model.controlled_wan import ControlledWan, ModelConfig
 
         source = ControlledWan(ModelConfig())
         source.transformer.save_pretrained(tmp_path / "pre" / "transformer")
@@ -104,11 +105,11 @@ class TestPretrained:
             assert torch.equal(a, b.cpu()), name
 
     def test_missing_folder_names_the_key(self, store, tmp_path):
-        from drivegen.model import ModelConfig
+        from drivegen.model.controlled_wan import ModelConfig
 
         cfg = TrainConfig(data=store, model=ModelConfig(pretrained=str(tmp_path / "nowhere")),
                           trainer=TrainerConfig(steps=1, out=str(tmp_path / "out")))
-        with pytest.raises(TrainConfigError, match=r"model.pretrained=.*transformer/config.json"):
+        with pytest.raises(ConfigError, match=r"model.pretrained=.*transformer/config.json"):
             Trainer(cfg)
 
 
@@ -122,9 +123,9 @@ class TestControls:
     def test_trained_model_uses_its_controls(self, store, tmp_path):
         import torch
 
-        from drivegen.model import ModelConfig
-        from drivegen.train.evaluate import control_gap
-        from drivegen.train.trainer import prepare
+        from drivegen.model.controlled_wan import ModelConfig
+        from drivegen.train.control_gap import control_gap
+        from drivegen.model.conditioning import prepare
 
         cfg = TrainConfig(data=store, model=ModelConfig(train_decoder=True),
                           trainer=TrainerConfig(steps=80, lr=3e-3, out=str(tmp_path), sample_steps=0,
@@ -151,7 +152,7 @@ class TestLoraAndLogs:
     def test_lora_freezes_base_weights_and_reloads(self, store, tmp_path):
         import torch
 
-        from drivegen.train.trainer import load_trained
+        from drivegen.model.checkpoint import load_trained
 
         cfg = TrainConfig(data=store, trainer=TrainerConfig(steps=2, lr=1e-2, out=str(tmp_path), sample_steps=0,
                                                             lora=4))
@@ -164,7 +165,7 @@ class TestLoraAndLogs:
         assert base and lora_b
         assert all(torch.equal(before[k], after[k]) for k in base)
         assert not torch.equal(before[lora_b[0]], after[lora_b[0]])
-        _, model, _ = load_trained(tmp_path / "checkpoint")
+        model = load_trained(tmp_path).model
         for k, v in model.state_dict().items():
             assert torch.equal(v, after[k]), k
         assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

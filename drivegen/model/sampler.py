@@ -20,7 +20,8 @@ from typing import Callable
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from drivegen.model import null_conditions  # noqa: F401  (training drops to the same null)
+from drivegen.errors import ConfigError
+from drivegen.model.controlled_wan import null_conditions
 
 
 @torch.no_grad()
@@ -63,7 +64,7 @@ def chunk_starts(num_latent_frames: int, chunk: int, overlap: int) -> list[int]:
     """First latent frame of each chunk: steps of chunk - overlap; the last chunk ends at the end
     (it overlaps more when the length does not divide)."""
     if not 0 <= overlap < chunk:
-        raise ValueError(f"overlap={overlap} must be in [0, chunk={chunk})")
+        raise ConfigError(f"sampler.overlap={overlap} must be in [0, chunk={chunk}) latent frames")
     if num_latent_frames <= chunk:
         return [0]
     starts = [0]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from drivegen.errors import DrivegenError
+
 
 @torch.no_grad()
 def control_gap(model, clips: list[tuple], sigma: float = 1.0, seed: int = 0) -> dict[str, float]:
@@ -20,7 +22,7 @@ def control_gap(model, clips: list[tuple], sigma: float = 1.0, seed: int = 0) ->
     clip half the list away (``swapped``), and ``gap = swapped - own`` (> 0: the controls help).
     """
     if len(clips) < 2:
-        raise ValueError(f"control_gap needs at least 2 clips to swap conditions, got {len(clips)}")
+        raise DrivegenError(f"control_gap needs at least 2 clips to swap conditions, got {len(clips)}")
     was_training = model.training
     model.eval()
     n, own, swapped = len(clips), 0.0, 0.0

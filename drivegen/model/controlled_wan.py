@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from diffusers import WanVACETransformer3DModel
 from torch import nn
 
+from drivegen.errors import ConfigError
+
 # ----------------------------------------------------------------------------------------------
 # Camera tiling: joint attention over views
 # ----------------------------------------------------------------------------------------------
@@ -84,7 +86,7 @@ class BoxEmbedding(nn.Module):
     def forward(self, corners_BKTS82, params_BKTSP, class_BKTS, mask_BKTS) -> torch.Tensor:
         b, k, t, s = class_BKTS.shape
         if t > self.frame_embed.num_embeddings:
-            raise ValueError(f"{t} latent frames exceed model.max_latent_frames={self.frame_embed.num_embeddings}; "
+            raise ConfigError(f"{t} latent frames exceed model.max_latent_frames={self.frame_embed.num_embeddings}; "
                              "raise model.max_latent_frames")
         geo = torch.cat([corners_BKTS82.flatten(-2), params_BKTSP], dim=-1).float()
         tok = self.mlp(fourier(geo, self.num_freqs))
@@ -157,7 +159,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if 0 not in self.vace_layers or max(self.vace_layers) >= self.num_layers:
-            raise ValueError(f"model.vace_layers={self.vace_layers} must include 0 and stay below "
+            raise ConfigError(f"model.vace_layers={self.vace_layers} must include 0 and stay below "
                              f"model.num_layers={self.num_layers}")
 
 
@@ -193,7 +195,7 @@ class ControlledWan(nn.Module):
         """Flow-matching velocity for the noisy latents of all cameras, (B, K, C, T, h, w)."""
         k = latents_BKCThw.shape[1]
         if k > self.config.max_cameras:
-            raise ValueError(f"{k} cameras exceed model.max_cameras={self.config.max_cameras}")
+            raise ConfigError(f"{k} cameras exceed model.max_cameras={self.config.max_cameras}")
         dtype = next(self.transformer.parameters()).dtype
         out = self.transformer(
             hidden_states=tile_cameras(latents_BKCThw).to(dtype),

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 import chopgrad_core
 from chopgrad_core.config import ChopGradConfig
-from drivegen.model import null_conditions
+from drivegen.errors import ConfigError
+from drivegen.model.controlled_wan import null_conditions
 
 
 class LatentSpace:
@@ -57,11 +58,11 @@ class ObjectiveConfig:
 
     def __post_init__(self) -> None:
         if self.sigma is not None and not 0.0 < self.sigma <= 1.0:
-            raise ValueError(f"objective.sigma={self.sigma} must be in (0, 1] or null")
+            raise ConfigError(f"objective.sigma={self.sigma} must be in (0, 1] or null")
         if not 0.0 <= self.control_dropout < 1.0:
-            raise ValueError(f"objective.control_dropout={self.control_dropout} must be in [0, 1)")
+            raise ConfigError(f"objective.control_dropout={self.control_dropout} must be in [0, 1)")
         if self.flow_weight < 0 or self.pixel_weight < 0:
-            raise ValueError("objective.flow_weight and objective.pixel_weight must be >= 0")
+            raise ConfigError("objective.flow_weight and objective.pixel_weight must be >= 0")
 
 
 def sample_sigma(cfg: ObjectiveConfig, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:

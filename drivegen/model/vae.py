@@ -1,0 +1,49 @@
+"""The VAE (and optionally the transformer) a run starts from.
+
+- ``tiny_vae``: the randomly initialised Wan 2.1-layout VAE of the embedded default, its latent
+  statistics fitted to the data.
+- ``load_pretrained``: a transformer and VAE from a local diffusers-format folder (never downloaded).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from drivegen.errors import ConfigError
+
+__all__ = ["load_pretrained", "tiny_vae"]
+
+
+def tiny_vae(data=None, clips: int = 8):
+    """The randomly initialised Wan 2.1-layout VAE the embedded default trains with.
+
+    Its latent statistics come from the data (``data``: a ClipDataset): Wan's published
+    ``latents_mean/std`` describe the real Wan VAE, and on a random one they leave the clip-to-clip
+    content at ~0.1% of the latent variance, so the flow-matching loss cannot see the controls.
+    Per-channel statistics over a few clips put the content back at ~25% (measured on the sample logs)."""
+    from chopgrad_core.tiny import tiny_wan21
+
+    vae = tiny_wan21().requires_grad_(False)
+    if data is not None:
+        with torch.no_grad():
+            z = torch.cat([vae.encode(data[i]["images"].permute(1, 2, 0, 3, 4)).latent_dist.mode()
+                           for i in range(min(clips, len(data)))])  # (N*K, C, t, h, w)
+        vae.register_to_config(latents_mean=z.mean(dim=(0, 2, 3, 4)).tolist(),
+                               latents_std=z.std(dim=(0, 2, 3, 4)).clamp_min(1e-6).tolist())
+    return vae
+
+
+def load_pretrained(folder: str, key: str = "model.pretrained"):
+    """(WanVACETransformer3DModel, AutoencoderKLWan) from a local diffusers-format folder; a missing
+    part is an error naming the config ``key``."""
+    from diffusers import AutoencoderKLWan, WanVACETransformer3DModel
+
+    root = Path(folder)
+    for part in ("transformer", "vae"):
+        if not (root / part / "config.json").is_file():
+            raise ConfigError(f"{key}={folder!r} has no {part}/config.json; point {key} at a local folder with "
+                              "transformer/ and vae/ (diffusers save_pretrained layout); nothing is downloaded")
+    return (WanVACETransformer3DModel.from_pretrained(root / "transformer", local_files_only=True),
+            AutoencoderKLWan.from_pretrained(root / "vae", local_files_only=True))

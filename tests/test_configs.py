@@ -1,0 +1,132 @@
+"""The YAML presets under configs/ mirror the dataclasses that are their one source of truth.
+
+For every entry point (preprocess, train with each of its group presets, generate): the preset has
+exactly the dataclass's keys (no YAML-only key, none missing), and every value equals the
+dataclass default unless this file lists the key with the reason the preset gives in a comment.
+Composing each entry point through Hydra (with its registered schema) gives the same checked
+dataclass, and a value of the wrong type fails naming the key. (The heads' finetune presets have
+their own test in tests/heads/test_configs.py.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chopgrad_core.config import PRESETS, ChopGradConfig
+from drivegen.config import CONFIG_DIR, compose
+from drivegen.data.preprocess import PreprocessConfig
+from drivegen.errors import ConfigError
+from drivegen.generate.config import GenerateConfig
+from drivegen.model.controlled_wan import ModelConfig
+from drivegen.model.objective import ObjectiveConfig
+from drivegen.train.config import DataConfig, TrainConfig, TrainerConfig
+
+HYDRA_KEYS = {"defaults", "hydra"}
+
+# (preset file, key) -> why the preset differs from the dataclass default (the same words stand
+# as a comment beside the key in the YAML file).
+DIFFERS = {
+    ("model/tiny.yaml", "train_decoder"): "the tiny VAE is random: its decoder learns the sample world",
+}
+
+
+def _flatten(node: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in node.items():
+        if not prefix and key in HYDRA_KEYS:
+            continue
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _defaults(obj) -> dict[str, object]:
+    flat = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            flat.update({f"{f.name}.{k}": v for k, v in _defaults(value).items()})
+        else:
+            flat[f.name] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def _check(preset: str, default_obj, expected: dict | None = None) -> None:
+    raw = _flatten(yaml.safe_load((CONFIG_DIR / preset).read_text()) or {})
+    want = expected if expected is not None else _defaults(default_obj)
+    assert set(raw) == set(want), (f"{preset}: keys only in the YAML {sorted(set(raw) - set(want))}, "
+                                   f"only in the dataclass {sorted(set(want) - set(raw))}")
+    for key, value in raw.items():
+        if (preset, key) in DIFFERS:
+            assert value != want[key], f"{preset}: {key} is listed as differing but equals the default"
+            continue
+        assert value == want[key], f"{preset}: {key}={value!r}, dataclass default {want[key]!r}"
+
+
+class TestPresetsMirrorDataclasses:
+    """Every preset has the dataclass's keys and defaults (or a stated reason to differ)."""
+
+    def test_preprocess_preset_mirrors_preprocess_config(self):
+        _check("preprocess.yaml", PreprocessConfig())
+
+    def test_generate_preset_mirrors_generate_config(self):
+        _check("generate.yaml", GenerateConfig())
+
+    @pytest.mark.parametrize("preset, cls", [("model/tiny.yaml", ModelConfig), ("data/sample.yaml", DataConfig),
+                                             ("objective/default.yaml", ObjectiveConfig),
+                                             ("chopgrad/default.yaml", ChopGradConfig),
+                                             ("trainer/cpu.yaml", TrainerConfig)])
+    def test_train_group_preset_mirrors_its_dataclass(self, preset, cls):
+        _check(preset, cls())
+
+    def test_low_memory_preset_equals_chopgrad_presets_entry(self):
+        _check("chopgrad/low_memory.yaml", None, _defaults(PRESETS["low_memory"]))
+
+    def test_train_root_holds_only_the_groups(self):
+        raw = yaml.safe_load((CONFIG_DIR / "train.yaml").read_text())
+        assert set(raw) <= HYDRA_KEYS
+        groups = {next(iter(d)) for d in raw["defaults"] if isinstance(d, dict) and not next(iter(d)).startswith("override")}
+        assert groups == {f.name for f in dataclasses.fields(TrainConfig)}
+        assert raw["defaults"][0] == "train_schema"  # the schema first: presets and overrides are type-checked
+
+    def test_every_group_dir_is_a_train_section(self):
+        dirs = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
+        assert dirs == {f.name for f in dataclasses.fields(TrainConfig)} | {"finetune"}
+
+
+class TestComposedConfigs:
+    """Hydra composes each entry point into its checked dataclass; a wrong type names the key."""
+
+    def test_preprocess_composes_to_its_defaults(self):
+        assert compose(PreprocessConfig, "preprocess") == PreprocessConfig()
+
+    def test_generate_composes_to_its_defaults(self):
+        assert compose(GenerateConfig, "generate") == GenerateConfig()
+
+    def test_train_composes_to_its_presets(self):
+        cfg = compose(TrainConfig, "train")
+        assert cfg.trainer == TrainerConfig() and cfg.data == DataConfig() and cfg.chopgrad == ChopGradConfig()
+        assert cfg.model == dataclasses.replace(ModelConfig(), train_decoder=True)
+
+    @pytest.mark.parametrize("name, cls, override, key", [
+        ("train", TrainConfig, "trainer.steps=abc", "trainer.steps"),
+        ("train", TrainConfig, "trainer.grad_clip=-1", "trainer.grad_clip"),
+        ("train", TrainConfig, "trainer.save_every=-1", "trainer.save_every"),
+        ("train", TrainConfig, "data.batch_size=0", "data.batch_size"),
+        ("train", TrainConfig, "trainer.no_such_key=1", "no_such_key"),
+        ("generate", GenerateConfig, "sampler.steps=many", "sampler.steps"),
+        ("preprocess", PreprocessConfig, "clip.length=x", "clip.length"),
+    ])
+    def test_bad_value_fails_before_any_work_naming_the_key(self, name, cls, override, key):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            compose(cls, name, [override])
+
+    def test_scenario_list_from_the_command_line(self):
+        cfg = compose(GenerateConfig, "generate", ["scenarios=[a.yaml,b.yaml]"])
+        assert cfg.scenarios == ["a.yaml", "b.yaml"]
