@@ -95,6 +95,7 @@ class ClipDataset(torch.utils.data.Dataset):
         datasets: Optional[Sequence[str]] = None,
         require_map: bool = False,
         where: Optional[Callable[[dict[str, Any]], bool]] = None,
+        split: Optional[str] = None,
     ):
         """
         path: the store (`PreprocessConfig.out`).
@@ -108,6 +109,8 @@ class ClipDataset(torch.utils.data.Dataset):
             before the store recorded it are kept).
         where: keep only clips whose attrs satisfy this predicate (applied in __init__, not kept:
             the dataset still pickles for spawn workers).
+        split: 'train' or 'val' (the log's split recorded by preprocessing, ``split.*`` settings);
+            None: both. Training reads 'train' only, evaluation 'val' only.
         """
         self.path = str(Path(path).resolve())
         if not (Path(self.path) / "zarr.json").is_file():
@@ -128,12 +131,21 @@ class ClipDataset(torch.utils.data.Dataset):
         clips = {name: dict(g.attrs) for name, g in root[CLIPS].groups()}
         if datasets is not None:
             clips = {n: a for n, a in clips.items() if a["dataset"] in set(datasets)}
+        if split is not None:
+            if split not in ("train", "val"):
+                raise DatasetConfigError(f"split = {split!r}; expected 'train', 'val' or None")
+            if any("split" not in a for a in clips.values()):
+                raise DatasetConfigError(
+                    f"the store {self.path!r} was written before clips recorded their split; preprocess it again "
+                    f"into a new out= (split.val_logs / split.val_fraction choose the val logs)")
+            clips = {n: a for n, a in clips.items() if a["split"] == split}
         if require_map:
             clips = {n: a for n, a in clips.items() if a.get("has_map") is not False}
         if where is not None:
             clips = {n: a for n, a in clips.items() if where(a)}
         if not clips:
-            filters = [f"from datasets {list(datasets)}" if datasets else "", "with a map" if require_map else "",
+            filters = [f"from datasets {list(datasets)}" if datasets else "", f"in split {split!r}" if split else "",
+                       "with a map" if require_map else "",
                        "matching `where`" if where is not None else ""]
             raise DatasetConfigError(
                 f"the store {self.path!r} has no clips {' '.join(f for f in filters if f)}".rstrip()

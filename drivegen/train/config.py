@@ -30,6 +30,12 @@ class DataConfig:
     """Frames per training clip: 1 + 4k (the Wan VAE's temporal compression)."""
     datasets: Optional[list[str]] = field(default_factory=lambda: ["nuscenes"])
     """Source datasets to train on (one camera rig per run)."""
+    val_logs: Optional[list[str]] = field(default_factory=lambda: ["segment-drivegen-sample-0001_with_camera_labels"])
+    """When the trainer preprocesses ``logs`` itself: the logs held out as the val split
+    (``split.val_logs`` of preprocessing); null: preprocessing's ``split.val_fraction`` decides."""
+    split: Optional[str] = "train"
+    """The store's split to train on (preprocessing records one per log): 'train'; null reads every
+    clip, held-out ones included (only for stores written before splits existed)."""
     batch_size: int = 1
     """Clips per step."""
     num_workers: int = 0
@@ -37,6 +43,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check("data.batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
+        _check("data.split", self.split, self.split in ("train", None), "train, or null for every clip")
         _check("data.num_workers", self.num_workers, self.num_workers >= 0, "an integer >= 0")
         if (self.clip_length - 1) % 4 != 0 or self.clip_length < 1:
             raise TrainConfigError(f"data.clip_length={self.clip_length} must be 1 + 4k (e.g. 5, 9, 17)")

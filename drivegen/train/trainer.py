@@ -19,7 +19,7 @@ from chopgrad_core.atomic import atomic_path, check_writable, save_safetensors, 
 from chopgrad_core.progress import progress
 from chopgrad_core.video import mosaic, to_uint8, write_mp4
 from drivegen.data.dataset import ClipDataset
-from drivegen.data.preprocess import ClipConfig, ConditionsConfig, PreprocessConfig
+from drivegen.data.preprocess import ClipConfig, ConditionsConfig, PreprocessConfig, SplitConfig
 from drivegen.data.preprocess import run as preprocess_logs
 from drivegen.errors import DrivegenError, TrainConfigError
 from drivegen.model import checkpoint as ckpt
@@ -52,7 +52,8 @@ def ensure_store(cfg: TrainConfig) -> Path:
     # The preprocessing defaults are configs/preprocess.yaml's (tests/test_configs.py keeps them equal).
     pcfg = PreprocessConfig(input_root=str(logs), out=str(store),
                             conditions=ConditionsConfig(image_size=list(cfg.data.image_size), bev=False),
-                            clip=ClipConfig(length=cfg.data.clip_length, stride=cfg.data.clip_length))
+                            clip=ClipConfig(length=cfg.data.clip_length, stride=cfg.data.clip_length),
+                            split=SplitConfig(val_logs=cfg.data.val_logs))
     preprocess_logs(pcfg)  # prints its own progress and summary
     return store
 
@@ -73,7 +74,7 @@ class Trainer:
         store = ensure_store(cfg)
         try:
             self.data = ClipDataset(store, clip_length=cfg.data.clip_length, image_size=cfg.data.image_size,
-                                    sampling="sequential", datasets=cfg.data.datasets)
+                                    sampling="sequential", datasets=cfg.data.datasets, split=cfg.data.split)
         except DrivegenError as exc:  # the dataset's words, translated to this job's config keys
             raise TrainConfigError(f"data.store={str(store)!r} does not fit this run: {exc} (here the keys are "
                                    "data.image_size, data.clip_length and data.datasets; or point data.store at a "

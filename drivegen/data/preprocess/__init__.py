@@ -6,9 +6,9 @@ calls ``run`` too when its store is missing, without importing another stage.
 """
 
 from drivegen.data.preprocess.config import (ClipConfig, CompressionConfig, ConditionsConfig, PreprocessConfig,
-                                             RayConfig, load_config)
+                                             RayConfig, SplitConfig, load_config)
 from drivegen.data.preprocess.driver import format_summary, run
 from drivegen.data.preprocess.worker import ClipWorker
 
 __all__ = ["ClipConfig", "ClipWorker", "CompressionConfig", "ConditionsConfig", "PreprocessConfig", "RayConfig",
-           "format_summary", "load_config", "run"]
+           "SplitConfig", "format_summary", "load_config", "run"]

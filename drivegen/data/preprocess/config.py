@@ -8,6 +8,7 @@ fields and types, and each ``__post_init__`` checks ranges with the key named in
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -17,7 +18,8 @@ from conditions import BevConfig, LayoutConfig
 from drivegen.errors import PreprocessConfigError
 from drivegen.workpool import RayConfig
 
-__all__ = ["ClipConfig", "CompressionConfig", "ConditionsConfig", "PreprocessConfig", "RayConfig", "load_config"]
+__all__ = ["ClipConfig", "CompressionConfig", "ConditionsConfig", "PreprocessConfig", "RayConfig", "SplitConfig",
+           "load_config"]
 
 
 def _positive_int(value: Any) -> bool:
@@ -113,6 +115,33 @@ class CompressionConfig:
 
 
 @dataclass(kw_only=True)
+class SplitConfig:
+    """Which logs are held out for validation. Recorded per log in every clip's attrs (``split``):
+    training never reads ``val`` clips, evaluation reads only them."""
+
+    val_logs: Optional[List[str]] = None
+    """Log names (scene / segment names) that form the val split; null: ``val_fraction`` decides."""
+    val_fraction: float = 0.2
+    """Without ``val_logs``: the share of logs in val, chosen deterministically by a hash of the log
+    name (the same log is always on the same side, whichever other logs a store holds)."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.val_fraction, (int, float)) and 0.0 <= self.val_fraction < 1.0):
+            raise PreprocessConfigError(f"split.val_fraction = {self.val_fraction!r}; expected a number in [0, 1)")
+        if self.val_logs is not None and not all(isinstance(n, str) and n for n in self.val_logs):
+            raise PreprocessConfigError(f"split.val_logs = {self.val_logs!r}; expected log names, or null")
+
+    def split_of(self, log_name: str) -> str:
+        """'train' or 'val' for a log."""
+        if self.val_logs is not None:
+            return "val" if log_name in set(self.val_logs) else "train"
+        # A stable hash (Python's hash() is salted per process): the first 8 bytes of SHA-256 as a
+        # number in [0, 1).
+        u = int.from_bytes(hashlib.sha256(log_name.encode()).digest()[:8], "big") / 2.0**64
+        return "val" if u < self.val_fraction else "train"
+
+
+@dataclass(kw_only=True)
 class PreprocessConfig:
     """`python -m drivegen.preprocess`: which logs, which store, which clips, where to run."""
 
@@ -125,6 +154,7 @@ class PreprocessConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     conditions: ConditionsConfig = field(default_factory=ConditionsConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     progress: bool = True
     """Show progress bars (logs, clips); the summary table is printed either way."""
@@ -146,6 +176,7 @@ class PreprocessConfig:
             "clip": dataclasses.asdict(self.clip),
             "conditions": dataclasses.asdict(self.conditions),
             "cameras": None if self.cameras is None else list(self.cameras),
+            "split": dataclasses.asdict(self.split),
         }
 
 

@@ -148,6 +148,7 @@ class ClipWorker:
             "log_version": getattr(ref, "version", None),
             "dataset": scene.source.dataset,
             "scene_id": scene.source.scene_id,
+            "split": self._config.split.split_of(ref.name),
             "start_frame": start,
             "num_frames": T,
             "cameras": list(cameras),
