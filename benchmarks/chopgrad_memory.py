@@ -49,6 +49,8 @@ class Case:
     frames: int
     cameras: int
     kwargs: dict = field(default_factory=dict)
+    family: str = "wan"  # wan (Wan 2.1) | cogvideox
+    hw: tuple[int, int] | None = None  # pixel size; None: the scenario's
 
 
 @dataclass
@@ -71,10 +73,12 @@ def latent_frames(frames: int) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def make_vae(size: str, device: str, dtype: torch.dtype):
-    from diffusers import AutoencoderKLWan
+def make_vae(size: str, device: str, dtype: torch.dtype, family: str = "wan"):
+    from diffusers import AutoencoderKLCogVideoX, AutoencoderKLWan
 
     torch.manual_seed(0)
+    if family == "cogvideox":  # default config: CogVideoX's 216 M-parameter VAE (MagicDrive-V2's family)
+        return AutoencoderKLCogVideoX().to(device=device, dtype=dtype).eval().requires_grad_(False)
     vae = AutoencoderKLWan() if size == "full" else AutoencoderKLWan(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2],
                                                                     num_res_blocks=1)
     vae = vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -83,6 +87,7 @@ def make_vae(size: str, device: str, dtype: torch.dtype):
 
 def make_inputs(vae, case: Case, hw: tuple[int, int], device, dtype):
     g = torch.Generator(device="cpu").manual_seed(case.frames)
+    hw = case.hw or hw
     h, w = hw[0] // 8, hw[1] // 8
     z = torch.randn(case.cameras, 16, latent_frames(case.frames), h, w, generator=g).to(device, dtype)
     target = (torch.rand(case.cameras, 3, case.frames, *hw, generator=g) * 2 - 1).to(device, dtype)
@@ -150,7 +155,7 @@ def measure_subprocess(case: Case, hw, device: str, ref_path: Path | None, warm_
 # Memory model: the full-size decoder on fake tensors (no compute), live bytes tracked per op
 
 
-def model_peak(case: Case, hw) -> Row:
+def model_peak(case: Case, hw, explain: bool = False) -> Row:
     """Peak bytes a case would allocate, from FakeTensorMode: shapes without data, in seconds on a CPU.
 
     Every op's outputs are tracked by storage until freed (weak references), so the peak is what a
@@ -171,6 +176,7 @@ def model_peak(case: Case, hw) -> Row:
         def __init__(self):
             super().__init__()
             self.live, self.refs, self.now, self.peak = {}, {}, 0, 0
+            self.what, self.at_peak = {}, []  # storage -> (op, shape, dtype); the live set at the peak
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
@@ -179,20 +185,25 @@ def model_peak(case: Case, hw) -> Row:
                     st = t.untyped_storage()
                     if id(st) not in self.live:
                         self.live[id(st)] = st.nbytes()
+                        self.what[id(st)] = (str(func), tuple(t.shape), str(t.dtype).replace("torch.", ""))
                         self.now += st.nbytes()
-                        self.peak = max(self.peak, self.now)
+                        if self.now > self.peak:
+                            self.peak = self.now
+                            if explain:
+                                self.at_peak = [(n, self.what.get(k)) for k, n in self.live.items() if n]
                         self.refs[id(st)] = weakref.ref(st, lambda _, k=id(st): self._free(k))
             return out
 
         def _free(self, key):
             self.now -= self.live.pop(key)
             self.refs.pop(key, None)
+            self.what.pop(key, None)
 
     class HostAsMeta(cg_decoder.CacheOffloader):
         def holds(self, key, t):
             return isinstance(t, torch.Tensor) and t.device.type == "meta"
 
-        def store(self, key, t):
+        def store(self, key, t, ring=None):
             return torch.empty(t.shape, dtype=t.dtype, device="meta")
 
         def fetch(self, items):
@@ -202,7 +213,8 @@ def model_peak(case: Case, hw) -> Row:
             return cg_decoder.CausalCache(cg_decoder.map_tensors(
                 lambda t: torch.empty(t.shape, dtype=t.dtype, device=self.device), cache.state))
 
-    vae = make_vae("full", "cpu", torch.bfloat16)
+    vae = make_vae("full", "cpu", torch.bfloat16, case.family)
+    hw = case.hw or hw
     # Input checks read tensor values (isfinite), which fake tensors do not have.
     saved = engine._check_args, engine._losses.check_mask_and_weight, engine._OFFLOADERS.copy()
     engine._check_args = engine._losses.check_mask_and_weight = lambda *a, **k: None
@@ -225,6 +237,10 @@ def model_peak(case: Case, hw) -> Row:
         engine._check_args, engine._losses.check_mask_and_weight = saved[:2]
         engine._OFFLOADERS.clear()
         engine._OFFLOADERS.update(saved[2])
+    if explain:  # what is alive at the peak, largest first
+        print(f"{case.name} {case.frames}x{case.cameras}: peak {live.peak / GIB:.2f} GiB")
+        for n, what in sorted(live.at_peak, key=lambda e: -e[0])[:25]:
+            print(f"  {n / GIB:6.3f} GiB  {what}")
     return Row(case.name, case.frames, case.cameras, None, live.peak / GIB, None, "model (fake tensors)")
 
 
@@ -269,7 +285,112 @@ LOW_MEMORY = dict(NAIVE, **{k: v for k, v in asdict(PRESETS["low_memory"]).items
                             if k in ("micro_batch", "recompute", "recompute_strips", "offload_cache")})
 
 
+# Issue 15: the exact levers planned from the frame size and a memory budget (chopgrad_core.memory),
+# against plain D=0 in the same process. 6 cameras: against plain D=0 one camera at a time (six
+# cameras in one batch do not fit at 896x1600: 6 x 69 GiB).
+def _lm(budget: float, **kw) -> dict:
+    return dict(LOW_MEMORY, memory_budget_gib=budget, **kw)
+
+
+P480, P896, C480, C848 = (480, 832), (896, 1600), (480, 720), (848, 1600)
+
+
+def _issue15_wan(hw, budget: float, d1_plain: bool, lengths=(17, 121, 241), roomier: float | None = None) -> list[Case]:
+    cases = []
+    for frames in lengths:
+        cases += [Case("naive", frames, 1, NAIVE, hw=hw), Case("low_memory", frames, 1, _lm(budget), hw=hw)]
+        if roomier:  # a larger budget buys back time (kept levels instead of recomputed ones)
+            cases.append(Case(f"low_memory-{roomier:g}GiB", frames, 1, _lm(roomier), hw=hw))
+    cases += [Case("naive-mb1", 17, 6, dict(NAIVE, micro_batch=1), hw=hw),
+              Case("low_memory", 17, 6, _lm(budget), hw=hw)]
+    if d1_plain:
+        cases += [Case("sliding-D1", 17, 1, dict(mode="sliding", window=1), hw=hw)]
+    cases += [Case("low_memory-D1", 17, 1, _lm(budget, window=1), hw=hw)]
+    return cases
+
+
+def issue15_cases(part: str) -> list[Case]:
+    if part == "a":  # Wan 480x832, CogVideoX, full backprop (the plot), each case against plain D=0
+        cog = dict(NAIVE, micro_batch=1, recompute=True, offload_cache=True)
+        cases = _issue15_wan(P480, 6.0, True, (17, 121), roomier=7.0) + [Case("full", 17, 1, hw=P480)]
+        for hw, budget in ((C480, 8.0), (C848, 16.0)):
+            for frames in (17, 49):
+                if hw == C480:
+                    cases.append(Case("naive", frames, 1, NAIVE, family="cogvideox", hw=hw))
+                cases.append(Case("levers", frames, 1, dict(cog, memory_budget_gib=budget), family="cogvideox", hw=hw))
+        # Expected out of memory last: an OOM leaves the allocator fragmented for what follows.
+        return cases + [Case("naive", 17, 1, NAIVE, family="cogvideox", hw=C848), Case("full", 33, 1, hw=P480)]
+    return _issue15_wan(P896, 8.0, False)  # full backprop: 254 GiB by the memory model
+
+
+def run_issue15(cases: list[Case]) -> list[Row]:
+    """All cases in one process (pinned buffers are allocated once, as in training), warmed up per
+    VAE and size with plain D=0 and each configuration at a short length. Notes: time against
+    plain D=0 of the same size, frames and cameras; bf16 relative gradient difference to plain D=0."""
+    rows, vaes, warmed, plain_time, plain_grad = [], {}, set(), {}, {}
+    for case in cases:
+        hw = case.hw
+        if case.family not in vaes:
+            vaes.clear()
+            torch.cuda.empty_cache()
+            vaes[case.family] = make_vae("full", "cuda", torch.bfloat16, case.family)
+        vae = vaes[case.family]
+        short = 5 if case.family == "wan" else 17
+        key = (case.family, hw, json.dumps(case.kwargs, sort_keys=True), case.name == "full")
+        if key not in warmed and case.name != "full":
+            warmed.add(key)
+            measure_cuda(vae, Case(case.name, short, 1, case.kwargs, case.family, hw), hw, torch.bfloat16)
+        row, grad = measure_cuda(vae, case, hw, torch.bfloat16)
+        row.case = f"{case.family} {hw[0]}x{hw[1]} {case.name}"
+        base = (case.family, hw, case.frames, case.cameras)
+        if case.name.startswith("naive") and row.seconds is not None:
+            plain_time[base] = row.seconds
+            if case.cameras == 1 and case.frames == 17:
+                plain_grad[(case.family, hw)] = grad.cpu()
+        elif row.seconds is not None:
+            notes = []
+            if base in plain_time:
+                notes.append(f"{row.seconds / plain_time[base]:.2f}x plain D=0")
+            ref = plain_grad.get((case.family, hw))
+            if ref is not None and case.frames == 17 and case.cameras == 1 and case.name != "full" \
+                    and case.kwargs.get("window", 0) == 0:
+                g = grad.cpu()
+                notes.append(f"grad rel diff {float((g - ref).norm() / ref.norm()):.1e}")
+            if case.kwargs.get("memory_budget_gib"):
+                dec = cg.wrap(vae)
+                z = torch.empty(1, dec.latent_channels, 2, hw[0] // 8, hw[1] // 8, dtype=torch.bfloat16)
+                plan = dec.plan_recompute(z, case.kwargs["memory_budget_gib"])
+                notes.append(f"plan: strips {plan.strips}, keep {plan.keep_below}, "
+                             f"ckpt offload {plan.offload_checkpoints}")
+            row.note = "; ".join(notes)
+        del grad
+        rows.append(row)
+        print(fmt_row(rows[-1]), flush=True)
+    return rows
+
+
+def model_issue15_cases() -> list[Case]:
+    """The memory model's view of issue 15 (CPU, fake tensors): every plotted configuration,
+    full backprop where the GPU cannot hold it, and the configurations the planner chooses."""
+    cases = []
+    for hw, budget in ((P480, 6.0), (P896, 8.0)):
+        for frames in (9, 17, 33):
+            cases.append(Case("full", frames, 1, dict(mode="full"), hw=hw))
+        cases += [Case("naive", 17, 1, NAIVE, hw=hw), Case("low_memory", 17, 1, _lm(budget), hw=hw),
+                  Case("low_memory-D1", 17, 1, _lm(budget, window=1), hw=hw),
+                  Case("low_memory-issue2", 17, 1, LOW_MEMORY, hw=hw)]
+    cog = dict(NAIVE, micro_batch=1, recompute=True, offload_cache=True)
+    for hw, budget in ((C480, 8.0), (C848, 16.0)):
+        cases += [Case("naive", 17, 1, NAIVE, family="cogvideox", hw=hw),
+                  Case("levers", 17, 1, dict(cog, memory_budget_gib=budget), family="cogvideox", hw=hw)]
+    return cases
+
+
 def scenario_cases(name: str) -> tuple[list[Case], tuple[int, int]]:
+    if name in ("h200-issue15-a", "h200-issue15-b"):
+        return issue15_cases(name[-1]), P480
+    if name == "model-issue15":
+        return model_issue15_cases(), P480
     if name == "cpu-small":
         cases = []
         for frames in (9, 17, 33):
@@ -330,6 +451,8 @@ def main() -> None:
     ap.add_argument("--scenario", default="cpu-small")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--in-process", action="store_true", help="GPU: all cases in one process (no OOM cases)")
+    ap.add_argument("--plot", nargs="+", help="issue-15 result JSON files to plot (h200-issue15-a/-b, model-issue15)")
+    ap.add_argument("--png", default=str(Path(__file__).parent / "chopgrad_memory_issue15.png"))
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--hw", nargs=2, type=int, help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
@@ -338,14 +461,20 @@ def main() -> None:
     args = ap.parse_args()
     if args.case:
         return case_main(args.case, args.hw, args.device, args.ref, args.warm_own)
+    if args.plot:
+        return plot_issue15(args.plot, args.png)
 
     cases, hw = scenario_cases(args.scenario)
     rows: list[Row] = []
-    if args.scenario == "model-480p":
+    if args.scenario in ("model-480p", "model-issue15"):
         device_name = "cpu-model"
         for case in cases:
             rows.append(model_peak(case, hw))
+            rows[-1].case = f"{case.family} {(case.hw or hw)[0]}x{(case.hw or hw)[1]} {case.name}"
             print(fmt_row(rows[-1]), flush=True)
+    elif args.scenario.startswith("h200-issue15"):
+        device_name = torch.cuda.get_device_name().replace(" ", "-")
+        rows = run_issue15(cases)
     elif args.scenario == "h100-target":
         # One fresh process per case, warmed up with the case's own settings (see case_main).
         device_name = torch.cuda.get_device_name().replace(" ", "-")
@@ -400,6 +529,53 @@ def main() -> None:
                                                         cases=[asdict(c) for c in cases],
                                                         rows=[asdict(r) for r in rows]), indent=1) + "\n")
     print(f"wrote {path} and .json")
+
+
+def plot_issue15(paths: list[str], png: str) -> None:
+    """Peak memory against frames: plain D=0, low_memory and full backprop at 480x832 and 896x1600
+    (Wan 2.1 VAE, one camera), measured (solid) and, where the GPU cannot hold it, the memory model
+    (dashed). Inputs: the h200-issue15-a/-b and model-issue15 result JSON files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[tuple, dict[int, float]] = {}
+    capacity = None
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        measured = not data["device"].startswith("cpu")
+        if measured:
+            capacity = 139.8  # H200: usable GiB torch reports
+        for r in data["rows"]:
+            family, size, name = r["case"].split(" ", 2)
+            if family != "wan" or r["cameras"] != 1 or r["peak_gib"] is None:
+                continue
+            label = {"naive": "plain D=0", "low_memory": "low_memory (budget planned)", "full": "full backprop"}.get(name)
+            if label:
+                series.setdefault((size, label, measured), {})[r["frames"]] = r["peak_gib"]
+    sizes = ["480x832", "896x1600"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    colors = {"plain D=0": "tab:orange", "low_memory (budget planned)": "tab:green", "full backprop": "tab:red"}
+    for ax, size in zip(axes, sizes):
+        for (sz, label, measured), pts in sorted(series.items()):
+            if sz != size:
+                continue
+            xs = sorted(pts)
+            ax.plot(xs, [pts[x] for x in xs], "o-" if measured else "s--", color=colors[label],
+                    label=label + ("" if measured else " (memory model)"), alpha=1.0 if measured else 0.6)
+        if capacity:
+            ax.axhline(capacity, color="gray", lw=0.8, ls=":")
+            ax.text(18, capacity * 1.08, "H200 capacity", color="gray", fontsize=8)
+        ax.set_title(f"Wan 2.1 VAE, {size}, 1 camera, bf16")
+        ax.set_xlabel("frames")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("peak memory above the model (GiB)")
+    axes[1].legend(fontsize=8, loc="center right")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    print(f"wrote {png}")
 
 
 def fmt_row(r: Row) -> str:

@@ -8,6 +8,11 @@ Presets (``PRESETS``, Hydra ``chopgrad=<name>``):
   Measured on an H100 (full-size Wan 2.1 VAE, bf16, 480x832): 5.38-5.41 GiB at 17 to 121 frames
   with 1 and 6 cameras, at 1.45-1.47x the time of plain D = 0, whose peak is 19.2 GiB
   (benchmarks/RESULTS.md, issue 2). Same gradient as plain D = 0.
+  Issue 15: a memory budget (``memory_budget_gib``, 6 GiB here) plans the levers per frame size
+  instead of a fixed strip count: strips from the resolution, block inputs in host memory, the
+  low-resolution blocks kept rather than recomputed (``chopgrad_core.memory``). At 896x1600 set
+  ``chopgrad.memory_budget_gib=8`` (6 would need thin, slow strips). Measured in
+  benchmarks/RESULTS.md, issue 15.
 """
 
 from __future__ import annotations
@@ -36,7 +41,11 @@ class ChopGradConfig:
     """Recompute each full-resolution decoder block in this many horizontal strips, lower-resolution
     blocks in fewer (exact; Wan only)."""
     offload_cache: bool = False
-    """Hold the cache at each cut in host memory until the next window reads it (D=0 or block; exact)."""
+    """Hold the cache at each cut (sliding: every snapshot) in host memory until a window reads it (exact)."""
+    memory_budget_gib: Optional[float] = None
+    """With recompute: plan the exact levers for the frame size so one camera's working memory fits
+    this many GiB (strips from the resolution, block inputs in host memory, low-resolution blocks
+    kept; chopgrad_core.memory); recompute_strips is then ignored. None = recompute_strips as given."""
     tile: Optional[list[int]] = None
     """[th, tw] latent pixels per backward tile (approximate gradient, exact loss value); None = off."""
     tile_halo: int = 4
@@ -52,6 +61,9 @@ class ChopGradConfig:
         if self.window < (1 if self.mode == "block" else 0):
             raise ChopGradError(f"chopgrad.window={self.window} is too small for mode={self.mode!r} "
                                 f"(sliding: >= 0, block: >= 1)")
+        if self.memory_budget_gib is not None and not self.memory_budget_gib > 0:
+            raise ChopGradError(f"chopgrad.memory_budget_gib={self.memory_budget_gib!r} must be > 0 (GiB), "
+                                "or null for the fixed recompute_strips")
         if self.loss == "lpips" and not self.lpips_weights:
             raise ChopGradError("chopgrad.loss=lpips needs chopgrad.lpips_weights=/path/to/lpips.safetensors")
 
@@ -65,5 +77,6 @@ class ChopGradConfig:
 #: Named configurations; ``configs/chopgrad/<name>.yaml`` holds the same values.
 PRESETS: dict[str, ChopGradConfig] = {
     "default": ChopGradConfig(),
-    "low_memory": ChopGradConfig(window=0, micro_batch=1, recompute=True, recompute_strips=4, offload_cache=True),
+    "low_memory": ChopGradConfig(window=0, micro_batch=1, recompute=True, recompute_strips=4, offload_cache=True,
+                                 memory_budget_gib=6.0),
 }

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from chopgrad_core.errors import NonFiniteError, ShapeError
+from chopgrad_core.memory import RecomputePlan, plan_recompute
 
 
 _TAKEN = object()  # marks a CausalCache whose state was handed over
@@ -115,20 +116,31 @@ class CacheOffloader:
         self.cuda = device.type == "cuda"
         self.stream = torch.cuda.Stream(device) if self.cuda else None
         self.host: dict[Any, torch.Tensor] = {}  # key -> the buffer last stored under it
-        self.buffers: dict[tuple, torch.Tensor] = {}  # (key, shape, dtype) -> buffer
+        self.buffers: dict[tuple, torch.Tensor] = {}  # (key, shape, dtype, turn) -> buffer
         self.events: dict[Any, torch.cuda.Event] = {}
+        self.turns: dict[Any, int] = {}  # key -> stores so far (which buffer of the ring is next)
+        self.pointers: dict[Any, set[int]] = {}  # key -> data pointers of its host buffers
+        #: Buffers per key, used in turn: a cache stored under a key must survive the next stores
+        #: under it while a window may still read it (its backward re-reads the cache it started
+        #: from; sliding D keeps D + 1 snapshots). The engine sets it per call: D + 2, block 2.
+        self.ring = 2
 
     def holds(self, key: Any, t: Any) -> bool:
-        """Whether ``t`` is the host copy stored under ``key`` (so it has to be fetched)."""
-        host = self.host.get(key)
-        return isinstance(t, torch.Tensor) and host is not None and t.data_ptr() == host.data_ptr()
+        """Whether ``t`` is a host copy stored under ``key`` (any buffer of its ring: so it has to be fetched)."""
+        return isinstance(t, torch.Tensor) and t.data_ptr() in self.pointers.get(key, ())
 
-    def store(self, key: Any, t: torch.Tensor) -> torch.Tensor:
-        """Start copying device tensor ``t`` to host; returns the host tensor. ``t`` may be dropped at once."""
-        slot = (key, tuple(t.shape), t.dtype)
+    def store(self, key: Any, t: torch.Tensor, ring: int | None = None) -> torch.Tensor:
+        """Start copying device tensor ``t`` to host; returns the host tensor. ``t`` may be dropped at once.
+
+        The host buffer is the next of ``ring`` (default :attr:`ring`) buffers kept for ``key``.
+        """
+        turn = self.turns.get(key, 0)
+        self.turns[key] = turn + 1
+        slot = (key, tuple(t.shape), t.dtype, turn % (ring or self.ring))
         host = self.buffers.get(slot)
         if host is None:
             host = self.buffers[slot] = torch.empty(t.shape, dtype=t.dtype, pin_memory=self.cuda)
+            self.pointers.setdefault(key, set()).add(host.data_ptr())
         self.host[key] = host
         if not self.cuda:
             return host.copy_(t)
@@ -238,13 +250,34 @@ class CausalDecoder(abc.ABC):
         go to host memory as they are written (only for a cache no gradient flows through).
         """
 
-    def recomputation(self, strips: int = 1) -> contextlib.AbstractContextManager:
+    def recomputation(self, plan: RecomputePlan | int = 1,
+                      offloader: CacheOffloader | None = None) -> contextlib.AbstractContextManager:
         """Context in which ``decode_group`` checkpoints its blocks (recomputes them in backward).
 
-        ``strips`` > 1 recomputes each block in that many horizontal strips where the adapter
-        supports it (exact: blocks are local). The default has no checkpointing.
+        ``plan`` (:class:`~chopgrad_core.memory.RecomputePlan`, or a strip count) says how: strips
+        per full-resolution block where the adapter supports them (exact: blocks are local or their
+        norms' statistics are taken in a first pass), block inputs offloaded to ``offloader`` while
+        they wait for the backward pass, low-resolution blocks kept instead of recomputed. The
+        default has no checkpointing.
         """
         return contextlib.nullcontext()
+
+    def plan_recompute(self, latents: torch.Tensor, budget_gib: float | None,
+                       strips: int | None = None, offload_available: bool = True) -> RecomputePlan:
+        """The :class:`~chopgrad_core.memory.RecomputePlan` for decoding ``latents`` within ``budget_gib``."""
+        h, w = latents.shape[-2:]
+        s = self.spatial_scale
+        channels, frames = self.full_resolution_map(latents.shape[2])
+        return plan_recompute(height=h * s, width=w * s, channels=channels, frames=frames,
+                              element_size=latents.element_size(), budget_gib=budget_gib, strips=strips,
+                              offload_available=offload_available)
+
+    def full_resolution_map(self, num_latent_frames: int) -> tuple[int, int]:
+        """(channels, frames) of the decoder's full-resolution feature map for one group (planning)."""
+        return 128, 4
+
+    def window_done(self) -> None:
+        """Called by the engine after each window's backward pass (drops per-window bookkeeping)."""
 
     # -- shared ------------------------------------------------------------------------------
 

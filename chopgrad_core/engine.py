@@ -29,11 +29,25 @@ Memory levers (optional, beyond the paper):
   ``recompute_strips`` recomputes each full-resolution block in horizontal strips with a halo
   covering the block's receptive field (Wan; fewer strips at lower resolutions), so one strip's
   activations live at a time. Exact.
-- ``offload_cache``: the cache at a cut waits in host memory (pinned, copied on a side stream)
-  until the next window reads it, so one cache, not two, lives on the device. With the Wan adapter
-  every slot leaves as soon as it is written and comes back just ahead of its first read; other
-  adapters move whole caches around the backward pass. On the CPU the same bookkeeping runs with
-  plain copies (nothing saved; it keeps the path tested). Exact.
+- ``offload_cache``: the cache at a cut (with sliding D >= 1: every snapshot a later window starts
+  from) waits in host memory (pinned, copied on a side stream) until a window reads it, so one
+  cache, not two, lives on the device. With the Wan adapter every slot leaves as soon as it is
+  written and comes back a block ahead of its first read; other adapters move whole caches. Host
+  buffers rotate in a ring of D + 2 per slot, so a snapshot survives until the last window that
+  reads it (its backward re-reads the cache it started from). On the CPU the same bookkeeping
+  runs with plain copies (nothing saved; it keeps the path tested). Exact.
+- ``memory_budget_gib`` (with ``recompute``): the levers that scale with the frame size, planned
+  per call by :func:`chopgrad_core.memory.plan_recompute` so one camera's working memory fits the
+  budget: the strip count from the resolution (strips in the no-grad forward too, so no
+  full-resolution block runs whole); the block inputs and input slots recomputation needs, held in
+  host memory and fetched back one block (for strips: one strip) ahead of the backward pass
+  (checkpoint offload: the device holds gradients and about one block of checkpoints instead of
+  a group's); and selective recomputation, which keeps the activations of the low-resolution
+  blocks, cheap to store and a large share of the decoder's compute, instead of recomputing them.
+  The CogVideoX adapter recomputes each resnet, upsampler and its head once (diffusers' own
+  checkpointing nests up blocks over resnets: three forwards per resnet), drops the 1x1x1 convs'
+  unread cache copies and offloads checkpoint inputs; its group norms span the frame group, so it
+  has no strips. Exact.
 - ``tile``: the backward pass runs over spatial tiles of (th, tw) latent pixels, each decoded with
   ``tile_halo`` latent pixels of context on every side (the paper's spatial truncation). The
   forward stays exact (an extra no-grad decode of the full frame gives every frame, loss value and
@@ -65,6 +79,7 @@ from chopgrad_core import losses as _losses
 from chopgrad_core.adapters import wrap
 from chopgrad_core.decoder import CacheOffloader, CausalCache, CausalDecoder, Group
 from chopgrad_core.errors import ChopGradError, NonFiniteError, ShapeError
+from chopgrad_core.memory import RecomputePlan
 
 MODES = ("full", "block", "sliding")
 
@@ -132,6 +147,8 @@ def pixel_loss(
     recompute: bool = False,
     recompute_strips: int = 1,
     offload_cache: bool = False,
+    memory_budget_gib: float | None = None,
+    recompute_plan: RecomputePlan | None = None,
     tile: tuple[int, int] | None = None,
     tile_halo: int = 4,
     lpips_weights: str | os.PathLike | None = None,
@@ -153,8 +170,13 @@ def pixel_loss(
         recompute_strips: recompute each full-resolution block in this many horizontal strips,
             lower-resolution blocks in proportionally fewer (exact; Wan only), so only one strip's
             activations live during backward.
-        offload_cache: keep the cache at each cut in host memory until the next window reads it
-            (D = 0 and block mode; pinned memory and a side stream on CUDA).
+        offload_cache: keep the cache at each cut (and sliding's snapshots) in host memory until a
+            window reads it (pinned memory and a side stream on CUDA).
+        memory_budget_gib: with ``recompute``, plan the exact levers for this frame size so the
+            call's working memory fits this many GiB (:func:`chopgrad_core.memory.plan_recompute`:
+            strips from the resolution, block inputs offloaded, low-resolution blocks kept);
+            ``recompute_strips`` is then ignored. ``None``: ``recompute_strips`` as given.
+        recompute_plan: an explicit :class:`~chopgrad_core.memory.RecomputePlan` (overrides both).
         tile: (th, tw) latent pixels per tile of the backward pass; ``tile_halo`` latent pixels of
             context. Approximate gradient; exact forward.
         lpips_weights: local LPIPS weights file for ``loss="lpips"`` (config key chopgrad.lpips_weights).
@@ -173,7 +195,15 @@ def pixel_loss(
     params = [p for p in decoder.parameters() if p.requires_grad]
     if recompute_strips < 1:
         raise ChopGradError(f"recompute_strips must be >= 1, got {recompute_strips}")
-    plan = _Plan(decoder, frame_loss, mode, window, micro_batch or latents.shape[0], recompute, recompute_strips,
+    if memory_budget_gib is not None and not memory_budget_gib > 0:
+        raise ChopGradError(f"memory_budget_gib must be > 0 (GiB of working memory), got {memory_budget_gib!r}")
+    micro_batch = micro_batch or latents.shape[0]
+    if recompute_plan is None:
+        if memory_budget_gib is None:
+            recompute_plan = RecomputePlan(strips=recompute_strips)
+        else:  # planned per camera chunk: the budget is for micro_batch cameras at a time
+            recompute_plan = decoder.plan_recompute(latents[:micro_batch], memory_budget_gib)
+    plan = _Plan(decoder, frame_loss, mode, window, micro_batch, recompute, recompute_plan,
                  offload_cache, tile, tile_halo)
     return _TruncatedLoss.apply(plan, latents, *params)
 
@@ -221,7 +251,7 @@ class _Plan:
     window: int
     micro_batch: int
     recompute: bool
-    recompute_strips: int
+    recompute_plan: RecomputePlan
     offload_cache: bool
     tile: tuple[int, int] | None
     tile_halo: int
@@ -262,11 +292,18 @@ def _run_chunk(plan: _Plan, z: torch.Tensor, batch: slice, params, grad_z, grad_
     decoder, groups = plan.decoder, plan.decoder.groups(z.shape[2])
     leaf = z.detach().requires_grad_(grad_z is not None)
     inputs = ([leaf] if grad_z is not None else []) + (list(params) if grad_p is not None else [])
-    recompute = (decoder.recomputation(plan.recompute_strips) if (plan.recompute and need_grad)
+    offloader = None
+    if need_grad and (plan.offload_cache or (plan.recompute and plan.recompute_plan.offload_checkpoints)):
+        offloader = _offloader(leaf.device)
+        # A cache stored on host must outlive the stores after it while a window may still read
+        # it: sliding D keeps D + 1 snapshots and re-reads the one it started from in backward.
+        offloader.ring = plan.window + 2 if plan.mode == "sliding" else 2
+    recompute = (decoder.recomputation(plan.recompute_plan, offloader) if (plan.recompute and need_grad)
                  else contextlib.nullcontext())
     run = _run_tiled if (plan.tile is not None and need_grad) else _run_windows
     with recompute:
-        return run(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, need_grad)
+        return run(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, need_grad,
+                   offloader if plan.offload_cache else None)
 
 
 def _accumulate(grads, grad_z, grad_p) -> None:
@@ -281,22 +318,21 @@ def _accumulate(grads, grad_z, grad_p) -> None:
                 acc += g
 
 
-def _run_windows(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, need_grad) -> torch.Tensor:
+def _run_windows(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, need_grad, offloader) -> torch.Tensor:
     snapshots: dict[int, CausalCache] = {0: decoder.init_cache()}  # cache before group i, detached
     value = torch.zeros((), dtype=torch.float32, device=leaf.device)
     windows = _windows(plan.mode, plan.window, len(groups), need_grad)
-    # Offloading pays only when the next window starts where this one stops (D = 0, block).
-    offloader = None
-    if plan.offload_cache and need_grad and all(w.start == (windows[n - 1].stop if n else 0)
-                                                for n, w in enumerate(windows)):
-        offloader = _offloader(leaf.device)
+    # With an offloader every snapshot waits in host memory until a window starts from it.
     # Adapters that stream hand each slot of the cut cache to the host as it is written and fetch
     # it back while the next window starts; for the others whole caches move between windows.
     streamed = offloader is not None and decoder.streams_cache
+    hosted: set[int] = set()  # snapshots whose whole cache is in host memory (not streamed)
     for n, win in enumerate(windows):
         next_start = windows[n + 1].start if n + 1 < len(windows) else len(groups)
         # A snapshot no later window starts from is handed over, so it is freed while decoding.
         cache, share = (snapshots.pop(win.start) if next_start > win.start else snapshots[win.start]), None
+        if win.start in hosted:
+            cache = offloader.fetch_tree(cache)
         with torch.set_grad_enabled(need_grad):
             # 1. Decode the window with gradient, from a snapshot whose past is a constant.
             for group in groups[win.start : win.stop]:
@@ -315,11 +351,11 @@ def _run_windows(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, nee
             del frames, cache
             if offloader is not None and not streamed:
                 snapshots[win.stop] = offloader.store_tree(snapshots[win.stop])
+                hosted.add(win.stop)
             # 3. Backpropagate this window alone; its activations are freed before the next one.
             if need_grad:
                 _accumulate(torch.autograd.grad(share, inputs, allow_unused=True), grad_z, grad_p)
-            if offloader is not None and not streamed and win.stop < len(groups):
-                snapshots[win.stop] = offloader.fetch_tree(snapshots[win.stop])
+                decoder.window_done()
         value += share.detach()
         # Keep only the snapshots that later windows start from.
         for key in [k for k in snapshots if k < next_start]:
@@ -355,7 +391,7 @@ def _tiles(h: int, w: int, tile: tuple[int, int], halo: int):
             yield rows, cols, crop_r, crop_c
 
 
-def _run_tiled(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, need_grad) -> torch.Tensor:
+def _run_tiled(plan, decoder, groups, leaf, batch, inputs, grad_z, grad_p, need_grad, offloader) -> torch.Tensor:
     h, w = leaf.shape[-2:]
     s = decoder.spatial_scale
     snapshots: dict[int, CausalCache] = {0: decoder.init_cache()}

@@ -22,9 +22,16 @@ argument of the checkpoint, and the restore is writing the returned slots back i
 The head (norm_out, SiLU, conv_out), inline code in ``WanDecoder3d.forward``, becomes such a block
 too: at full resolution its fp32 norm temporaries were the largest thing alive in backward.
 
+Strips: residual blocks, upsamplers and the head are local (3x3 convolutions, per-pixel RMS
+norms), so a block run on a strip of rows plus a 2-row halo computes the strip's interior exactly;
+in a recomputation context large blocks run strip by strip in the forward as well as the backward.
+
 Cache offload (``streams_cache``): slots are read in index order (``feat_idx`` only grows), so a
-group fetches its host-resident slots in that order on a side stream and each block waits only for
-its own; the slots a group writes at a cut go to host memory right after the block writes them.
+group fetches its host-resident slots in that order on a side stream, a block ahead of the block
+that reads them, and each block waits only for its own; the slots a group writes at a cut go to
+host memory right after the block writes them. Checkpoint offload (:class:`_CheckpointSaver`):
+what a recomputed block keeps for backward goes to host memory too, its input as the strips' row
+ranges, and comes back one strip (one block for the slots) ahead of the backward pass.
 """
 
 from __future__ import annotations
@@ -35,9 +42,11 @@ from typing import Iterator
 
 import torch
 from diffusers import AutoencoderKLWan
-from diffusers.models.autoencoders.autoencoder_kl_wan import CACHE_T, WanResample, WanResidualBlock, unpatchify
+from diffusers.models.autoencoders.autoencoder_kl_wan import (CACHE_T, WanResample, WanResidualBlock, WanUpBlock,
+                                                              unpatchify)
 
 from chopgrad_core.decoder import CacheOffloader, CausalCache, CausalDecoder, Group
+from chopgrad_core.memory import RecomputePlan
 
 
 class WanDecoder(CausalDecoder):
@@ -76,11 +85,9 @@ class WanDecoder(CausalDecoder):
         # The decoder writes its new slots into this list. A copy leaves the given cache untouched;
         # a taken list lets each old slot go as soon as it is overwritten (a cache is ~2 GB at 480p).
         slots = cache.take() if consume else list(cache.state)
-        if offload is not None:  # slots waiting in host memory start back now, in the order they are read
-            held = [(k, t) for k, t in enumerate(slots) if offload.holds(k, t)]
-            for (k, _), dev in zip(held, offload.fetch(held)):
-                slots[k] = dev
         io = self._io
+        if offload is not None:  # slots waiting in host memory come back a block ahead of their reader
+            io.slots, io.pending = slots, [(k, t) for k, t in enumerate(slots) if offload.holds(k, t)]
         io.offload, io.store = offload, store
         try:
             if not io.per_block:  # plain decode: no per-block hooks, so all slots are waited for up front
@@ -88,7 +95,8 @@ class WanDecoder(CausalDecoder):
             x = self.vae.post_quant_conv(z)
             frames = self.vae.decoder(x, feat_cache=slots, feat_idx=[0], first_chunk=group.index == 0)
         finally:
-            io.offload, io.store = None, False
+            io.offload, io.store, io.slots, io.pending = None, False, None, []
+            io.from_host.clear()
         if store and not io.per_block:
             with torch.no_grad():
                 slots = [offload.store(k, t) if isinstance(t, torch.Tensor) else t for k, t in enumerate(slots)]
@@ -99,33 +107,49 @@ class WanDecoder(CausalDecoder):
     def _modules_used(self) -> torch.nn.Module:
         return torch.nn.ModuleList([self.vae.post_quant_conv, self.vae.decoder])
 
+    def full_resolution_map(self, num_latent_frames: int) -> tuple[int, int]:
+        decoder = self.vae.decoder
+        return decoder.conv_out.in_channels, 4 if num_latent_frames > 1 else 1
+
+    def window_done(self) -> None:
+        if self._io.saver is not None:
+            self._io.saver.clear()
+
     @contextlib.contextmanager
-    def recomputation(self, strips: int = 1) -> Iterator[None]:
+    def recomputation(self, plan: RecomputePlan | int = 1, offloader: CacheOffloader | None = None) -> Iterator[None]:
+        if isinstance(plan, int):
+            plan = RecomputePlan(strips=plan)
         decoder = self.vae.decoder
         # Every upsampler doubles the rows: the decoded frame is 2^(number of upsamplers) latent rows.
         ups = sum(1 for m in decoder.modules() if isinstance(m, WanResample) and m.mode.startswith("upsample"))
-        plan = _StripPlan(strips, 2**ups)
+        strips = _StripPlan(plan, 2**ups)
+        io = self._io
+        if offloader is not None:
+            # Slots fetched from host are saved as their host copy in any case (no copy back);
+            # block inputs go to host memory only with offload_checkpoints.
+            io.saver = _CheckpointSaver(offloader, plan.offload_min_bytes if plan.offload_checkpoints else None)
         patched = []
         for module in decoder.modules():
             if isinstance(module, WanResidualBlock):
-                num_slots = 2  # conv1, conv2 (conv_shortcut is 1x1x1 and keeps no cache)
+                num_slots, scale = 2, 1  # conv1, conv2 (conv_shortcut is 1x1x1 and keeps no cache)
             elif isinstance(module, WanResample) and module.mode.startswith("upsample"):
-                num_slots = 1 if module.mode == "upsample3d" else 0  # time_conv
+                num_slots, scale = (1 if module.mode == "upsample3d" else 0), 2  # time_conv
             else:
                 continue
-            module.forward = _recomputed(list(module.parameters()), module.forward, num_slots, plan, self._io)
+            module.forward = _recomputed(list(module.parameters()), module.forward, num_slots, scale, strips, io)
             patched.append(module)
         # The head (norm_out, SiLU, conv_out) runs at full resolution with fp32 norm temporaries;
         # left to plain autograd it would hold more than any block, so it is a block too.
         head_params = list(decoder.norm_out.parameters()) + list(decoder.conv_out.parameters())
-        head = _recomputed(head_params, functools.partial(_head, decoder), 1, plan, self._io)
-        decoder.forward = functools.partial(_decoder_forward, decoder, head, plan, self._io)
+        head = _recomputed(head_params, functools.partial(_head, decoder), 1, 1, strips, io)
+        decoder.forward = functools.partial(_decoder_forward, decoder, head, strips, io)
         patched.append(decoder)
-        self._io.per_block = True
+        io.per_block = True
         try:
             yield
         finally:
-            self._io.per_block = False
+            io.per_block = False
+            io.saver = None
             for module in patched:
                 del module.forward  # back to the class's forward
 
@@ -141,23 +165,29 @@ _HALO = 2
 
 
 class _StripPlan:
-    """How many strips a block is recomputed in: ``strips`` at the output resolution, fewer below.
+    """How a block is recomputed: in how many strips, and whether at all (selective recomputation).
 
     A strip is at most ``ceil(H / strips)`` rows of the block's output (H = the decoded frame
     height), so the full-resolution blocks, which hold most of the activations, get ``strips``
     strips, half-resolution blocks half as many, and the low-resolution blocks, whose activations
-    are small and whose strips would be mostly halo and launch overhead, run whole.
+    are small and whose strips would be mostly halo and launch overhead, run whole. Blocks whose
+    input is at most ``keep_below`` times the latent size keep their activations instead.
     """
 
-    def __init__(self, strips: int, upscale: int) -> None:
-        self.strips, self.upscale = strips, upscale
-        self.max_rows: int | None = None  # set per decoded group: rows of an output strip
+    def __init__(self, plan: RecomputePlan, upscale: int) -> None:
+        self.plan, self.strips, self.upscale = plan, plan.strips, upscale
+        self.latent_rows: int | None = None  # set per decoded group
+        self.max_rows: int | None = None  # rows of an output strip
 
     def set_latent_rows(self, rows: int) -> None:
+        self.latent_rows = rows
         self.max_rows = -(-rows * self.upscale // self.strips)
 
     def count(self, out_rows: int) -> int:
         return 1 if self.max_rows is None else max(1, -(-out_rows // self.max_rows))
+
+    def keep(self, in_rows: int) -> bool:
+        return self.latent_rows is not None and in_rows <= self.plan.keep_below * self.latent_rows
 
 
 def _decoder_forward(decoder, head, plan: _StripPlan, io: _SlotIO, x, feat_cache=None, feat_idx=[0],  # noqa: B006
@@ -172,7 +202,13 @@ def _decoder_forward(decoder, head, plan: _StripPlan, io: _SlotIO, x, feat_cache
     feat_cache[i : i + 1] = io.put(i, feat_cache[i : i + 1])
     x = decoder.mid_block(x, feat_cache=feat_cache, feat_idx=feat_idx)
     for up_block in decoder.up_blocks:
-        x = up_block(x, feat_cache=feat_cache, feat_idx=feat_idx, first_chunk=first_chunk)
+        if type(up_block) is WanUpBlock:
+            # WanUpBlock.forward inline: called as a module, its caller's reference would keep the
+            # block's input (a full-resolution map for the last block) alive through all its resnets.
+            for block in [*up_block.resnets, *(up_block.upsamplers or [])]:
+                x = block(x, feat_cache=feat_cache, feat_idx=feat_idx)
+        else:
+            x = up_block(x, feat_cache=feat_cache, feat_idx=feat_idx, first_chunk=first_chunk)
     return head(x, feat_cache=feat_cache, feat_idx=feat_idx)
 
 
@@ -193,20 +229,29 @@ def _cached_conv(conv, x, feat_cache, feat_idx):
     return x
 
 
-def _recomputed(params: list[torch.nn.Parameter], forward, num_slots: int, plan: _StripPlan, io: _SlotIO):
-    """``forward(x, feat_cache, feat_idx)`` of a Wan block, recomputed in backward with explicit cache slots."""
+def _recomputed(params: list[torch.nn.Parameter], forward, num_slots: int, scale: int, plan: _StripPlan,
+                io: _SlotIO):
+    """``forward(x, feat_cache, feat_idx)`` of a Wan block, recomputed in backward with explicit cache slots.
+
+    ``scale``: output rows per input row (2 for upsamplers).
+    """
 
     def recomputed_forward(x, feat_cache=None, feat_idx=[0]):  # noqa: B006 - mirrors diffusers
         if feat_cache is None:
             return forward(x, feat_cache=feat_cache, feat_idx=feat_idx)
         i = feat_idx[0]
         io.ready(range(i, i + num_slots))
-        if torch.is_grad_enabled():
-            y, *slots_out = _RecomputedBlock.apply(forward, num_slots, plan, len(params), x,
-                                                   *feat_cache[i : i + num_slots], *params)
+        if torch.is_grad_enabled() and not plan.keep(x.shape[-2]):
+            slots_in = feat_cache[i : i + num_slots]
+            # Slots fetched from host memory for this group: the block saves the host copy.
+            hosts = []
+            for j, t in enumerate(slots_in):
+                dev, host = io.from_host.pop(i + j, (None, None))
+                hosts.append(host if dev is t else None)
+            y, *slots_out = _RecomputedBlock.apply(forward, num_slots, scale, plan, io, hosts, x, *slots_in, *params)
             feat_cache[i : i + num_slots] = slots_out  # the restore: the block's writes, as it made them
             feat_idx[0] = i + num_slots
-        else:
+        else:  # no gradient, or a kept block (selective recomputation): plain autograd
             y = forward(x, feat_cache=feat_cache, feat_idx=feat_idx)
         feat_cache[i : i + num_slots] = io.put(i, feat_cache[i : i + num_slots])
         return y
@@ -214,28 +259,145 @@ def _recomputed(params: list[torch.nn.Parameter], forward, num_slots: int, plan:
     return recomputed_forward
 
 
+_FETCH_AHEAD = 2  # slots fetched beyond the ones a block reads (a residual block reads two)
+
+
 class _SlotIO:
     """Where the slots of the group being decoded come from and go to, when a cache is offloaded.
 
     Slots are read in index order, so each block waits only for its own slots' fetch (started when
     the group began), and with ``store`` the slots a block writes go to host memory right after it.
+    ``from_host`` maps a slot index to (device copy, host copy) for slots fetched this group, so a
+    recomputed block saves the host copy for its backward instead of keeping the device one.
     """
 
     def __init__(self) -> None:
         self.offload: CacheOffloader | None = None
         self.store = False
         self.per_block = False  # inside recomputation(): every slot user calls ready/put
+        self.from_host: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.slots: list | None = None  # the slot list of the group being decoded
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (slot, host copy) not yet fetched, in read order
+        self.saver: _CheckpointSaver | None = None  # offloads what recomputed blocks save
 
     def ready(self, keys) -> None:
-        if self.offload is not None:
-            for k in keys:
-                self.offload.ready(k)
+        """Slots ``keys`` are about to be read: fetch them (and the next block's) and wait for them."""
+        if self.offload is None:
+            return
+        keys = list(keys)
+        if self.pending:
+            # Two slots past these: the next block's slots copy while this block computes, so the
+            # input cache is on the device a block at a time, not all of it from the group's start.
+            limit = max(keys, default=-1) + _FETCH_AHEAD
+            n = next((j for j, (k, _) in enumerate(self.pending) if k > limit), len(self.pending))
+            batch, self.pending = self.pending[:n], self.pending[n:]
+            for (k, host), dev in zip(batch, self.offload.fetch(batch)):
+                self.slots[k] = dev
+                self.from_host[k] = (dev, host)  # a recomputed block saves the host copy, not the device one
+        for k in keys:
+            self.offload.ready(k)
 
     def put(self, i: int, slots: list) -> list:
         if not self.store:
             return slots
         with torch.no_grad():  # the host copy is a cut: nothing flows back through it
             return [self.offload.store(i + j, t) if isinstance(t, torch.Tensor) else t for j, t in enumerate(slots)]
+
+
+class _CheckpointSaver:
+    """What recomputed blocks keep for backward (input map, cache slots), held in host memory.
+
+    Forward pushes one record per block, in order; backward runs the blocks in reverse. A block
+    recomputed in strips stores its input map as the strips' row ranges (halo included), so its
+    backward fetches one strip ahead of the strip it recomputes, not the whole map; its slots come
+    back whole, and the record backward runs next starts copying while the block's last strip
+    runs. So the device holds about one strip of input maps and two blocks of slots instead of a
+    whole group's checkpoints. Tensors below ``min_bytes`` stay on the device; slots that already
+    have a host copy (the window's input cache) are not copied again: their host buffer survives
+    until the backward pass (the offloader's ring).
+    """
+
+    def __init__(self, offloader: CacheOffloader, min_bytes: int | None) -> None:
+        self.offloader, self.min_bytes = offloader, min_bytes  # None: nothing copied to host
+        self.records: dict[int, dict] = {}
+        self.fetched: dict[tuple, tuple] = {}  # (n, part) -> (event key or None, device tensor)
+        self.count = 0
+
+    def _keep(self, key, t: torch.Tensor, host: torch.Tensor | None = None, size: int | None = None) -> tuple:
+        if host is not None:
+            return ("host", host)
+        if self.min_bytes is not None and (size or t.numel() * t.element_size()) >= self.min_bytes:
+            return ("host", self.offloader.store(key, t, ring=1))
+        return ("device", t)
+
+    def push(self, x: torch.Tensor, rows: list[tuple[int, int]] | None, slots: list, hosts: list) -> int:
+        """Record a block's input ``x`` (as the row ranges ``rows``, or whole) and input slots."""
+        n = self.count
+        self.count += 1
+        with torch.no_grad():
+            if rows is None or self.min_bytes is None:  # whole (sliced per strip in backward)
+                xs = [self._keep(("ckpt", n, "x"), x)]
+            else:  # the whole map's size decides, not a piece's
+                size = x.numel() * x.element_size()
+                xs = [self._keep(("ckpt", n, "x", k), x[..., c0:c1, :].contiguous(), size=size)
+                      for k, (c0, c1) in enumerate(rows)]
+            ss = [self._keep(("ckpt", n, j), t, host) if isinstance(t, torch.Tensor) else (None, t)
+                  for j, (t, host) in enumerate(zip(slots, hosts))]
+        self.records[n] = dict(x=xs, slots=ss)
+        return n
+
+    def _fetch(self, n: int, part) -> None:
+        kind, t = self.records[n]["x"][part] if isinstance(part, int) else self.records[n]["slots"][part[1]]
+        if kind == "host":
+            key = ("ckpt-in", n, part)
+            self.fetched[(n, part)] = (key, self.offloader.fetch([(key, t)])[0])
+        else:
+            self.fetched[(n, part)] = (None, t)
+
+    def _get(self, n: int, part):
+        if (n, part) not in self.fetched:
+            self._fetch(n, part)
+        key, t = self.fetched.pop((n, part))
+        if key is not None:
+            self.offloader.ready(key)
+        return t
+
+    def _start(self, n: int) -> None:
+        """Start fetching what block ``n``'s backward needs first: its slots and first input piece."""
+        for j in range(len(self.records[n]["slots"])):
+            if (n, ("s", j)) not in self.fetched:
+                self._fetch(n, ("s", j))
+        if (n, 0) not in self.fetched:
+            self._fetch(n, 0)
+
+    def slots(self, n: int) -> list:
+        return [self._get(n, ("s", j)) for j in range(len(self.records[n]["slots"]))]
+
+    def piece(self, n: int, k: int, rows: slice, last: bool) -> torch.Tensor:
+        """Rows ``rows`` (strip ``k``) of block ``n``'s input; starts the copy of what backward needs next."""
+        record = self.records[n]
+        if len(record["x"]) == 1:  # stored whole: fetched with the first strip, sliced for each
+            if k == 0:
+                record["whole"] = self._get(n, 0)
+            t = record["whole"][..., rows, :]
+        else:
+            t = self._get(n, k)
+            if not last:
+                self._fetch(n, k + 1)
+        if last:  # the block before this one runs backward next
+            del self.records[n]
+            following = [m for m in self.records if m < n]
+            if following:
+                self._start(max(following))
+        return t
+
+    def clear(self) -> None:
+        for key, _ in self.fetched.values():  # fetched but never used (a block no loss reached)
+            if key is not None:
+                self.offloader.ready(key)
+        self.fetched.clear()
+        self.records.clear()
+        self.count = 0
 
 
 def _run_block(forward, num_slots: int, x: torch.Tensor, slots_in) -> tuple:
@@ -247,51 +409,100 @@ def _run_block(forward, num_slots: int, x: torch.Tensor, slots_in) -> tuple:
     return y, local
 
 
+def _strip_rows(rows: int, strips: int):
+    """(r0, r1, c0, c1): interior rows [r0, r1) and the rows [c0, c1) computed for them (halo)."""
+    if strips == 1:
+        yield 0, rows, 0, rows
+        return
+    step = -(-rows // strips)
+    for r0 in range(0, rows, step):
+        r1 = min(r0 + step, rows)
+        yield r0, r1, max(0, r0 - _HALO), min(rows, r1 + _HALO)
+
+
+def _forward_in_strips(forward, num_slots: int, scale: int, strips: int, x: torch.Tensor, slots_in) -> tuple:
+    """The block's output and written slots, computed strip by strip (no gradient): exact interiors."""
+    if strips == 1:
+        return _run_block(forward, num_slots, x, slots_in)
+    rows = x.shape[-2]
+    y, slots_out = None, None
+    for r0, r1, c0, c1 in _strip_rows(rows, strips):
+        sc = [t[..., c0:c1, :] if isinstance(t, torch.Tensor) else t for t in slots_in]
+        yc, sc_out = _run_block(forward, num_slots, x[..., c0:c1, :], sc)
+        if y is None:  # shapes from the first strip, rows from the whole map
+            y = yc.new_empty((*yc.shape[:-2], rows * scale, yc.shape[-1]))
+            slots_out = [t.new_empty((*t.shape[:-2], rows, t.shape[-1])) if isinstance(t, torch.Tensor) else t
+                         for t in sc_out]
+        y[..., r0 * scale : r1 * scale, :] = yc[..., (r0 - c0) * scale : (r1 - c0) * scale, :]
+        for acc, t in zip(slots_out, sc_out):
+            if isinstance(t, torch.Tensor):
+                acc[..., r0:r1, :] = t[..., r0 - c0 : r1 - c0, :]
+        del yc, sc_out
+    return y, slots_out
+
+
 class _RecomputedBlock(torch.autograd.Function):
     """Activation checkpointing of one Wan block, with its cache slots as explicit inputs/outputs.
 
-    Forward runs without saving activations. Backward recomputes the block and pulls the output
-    gradients through it in horizontal strips (:class:`_StripPlan`), each recomputed on its rows
-    plus ``_HALO`` rows of context: the blocks are local (3x3 convolutions, per-pixel norms), so
-    every strip's interior, and hence the summed gradient, is exact, while only one strip's
-    activations live at a time. Gradients that do not flow (a detached next cache) stay ``None``
-    rather than becoming zero tensors to back-propagate.
+    Forward runs without saving activations, in horizontal strips (:class:`_StripPlan`) where the
+    block is large. Backward recomputes the block and pulls the output gradients through it in the
+    same strips, each recomputed on its rows plus ``_HALO`` rows of context: the blocks are local
+    (3x3 convolutions, per-pixel norms), so every strip's interior, and hence the output and the
+    summed gradient, is exact, while only one strip's activations live at a time. What backward
+    needs (the input map, the input slots) is kept on the device or, with a
+    :class:`_CheckpointSaver`, in host memory. Gradients that do not flow (a detached next cache)
+    stay ``None`` rather than becoming zero tensors to back-propagate.
     """
 
     @staticmethod
-    def forward(ctx, forward, num_slots, plan, num_params, x, *inputs):
+    def forward(ctx, forward, num_slots, scale, plan, io, hosts, x, *inputs):
         slots_in, params = inputs[:num_slots], inputs[num_slots:]
+        strips = plan.count(x.shape[-2] * scale)
         with torch.no_grad():
-            y, slots_out = _run_block(forward, num_slots, x, slots_in)
+            y, slots_out = _forward_in_strips(forward, num_slots, scale, strips, x, slots_in)
         ctx.set_materialize_grads(False)
-        ctx.forward, ctx.num_slots = forward, num_slots
-        ctx.strips = plan.count(y.shape[-2])
+        ctx.forward, ctx.num_slots, ctx.strips = forward, num_slots, strips
         # Non-tensor slots (None before the first group, the "Rep" sentinel) pass through as they were.
         ctx.sentinels = [None if isinstance(t, torch.Tensor) else t for t in slots_in]
         ctx.slot_is_tensor = [isinstance(t, torch.Tensor) for t in slots_in]
         ctx.out_is_tensor = [isinstance(t, torch.Tensor) for t in slots_out]
-        ctx.save_for_backward(x, *(t for t in slots_in if isinstance(t, torch.Tensor)))
+        ctx.saver = io.saver
+        if io.saver is not None:
+            rows = [(c0, c1) for _, _, c0, c1 in _strip_rows(x.shape[-2], strips)] if strips > 1 else None
+            ctx.record = io.saver.push(x, rows, list(slots_in), hosts)
+            ctx.rows = x.shape[-2]
+        else:
+            ctx.save_for_backward(x, *(t for t in slots_in if isinstance(t, torch.Tensor)))
         ctx.params = params
         return (y, *slots_out)
 
     @staticmethod
     def backward(ctx, grad_y, *grad_slots_out):
-        x, *tensors_in = ctx.saved_tensors
-        it = iter(tensors_in)
-        slots_in = [next(it) if is_t else None for is_t in ctx.slot_is_tensor]  # None: not a tensor
+        saver = ctx.saver
+        if saver is not None:
+            x = None  # the input comes back piece by piece
+            slots_in = saver.slots(ctx.record)
+            slots_in = [t if is_t else None for t, is_t in zip(slots_in, ctx.slot_is_tensor)]
+            rows = ctx.rows
+        else:
+            x, *tensors_in = ctx.saved_tensors
+            it = iter(tensors_in)
+            slots_in = [next(it) if is_t else None for is_t in ctx.slot_is_tensor]  # None: not a tensor
+            rows = x.shape[-2]
         params = [p for p in ctx.params if p.requires_grad]
-        need_x = ctx.needs_input_grad[4]
-        need_slots = [t is not None and ctx.needs_input_grad[5 + j] for j, t in enumerate(slots_in)]
+        need_x = ctx.needs_input_grad[6]
+        need_slots = [t is not None and ctx.needs_input_grad[7 + j] for j, t in enumerate(slots_in)]
         grads_out = [(grad_y, True)] + [(g, is_t) for g, is_t in zip(grad_slots_out, ctx.out_is_tensor)]
-        rows = x.shape[-2]
         whole = ctx.strips == 1
         grad_x = grad_slots = None
         grad_params = [None] * len(params)
-        step = -(-rows // ctx.strips)
-        for r0 in range(0, rows, step):
-            r1 = min(r0 + step, rows)
-            c0, c1 = (0, rows) if whole else (max(0, r0 - _HALO), min(rows, r1 + _HALO))
-            xc = (x if whole else x[..., c0:c1, :]).detach().requires_grad_(need_x)
+        strips = list(_strip_rows(rows, ctx.strips))
+        for k, (r0, r1, c0, c1) in enumerate(strips):
+            if saver is not None:
+                xc = saver.piece(ctx.record, k, slice(c0, c1), k == len(strips) - 1)
+            else:
+                xc = x if whole else x[..., c0:c1, :]
+            xc = xc.detach().requires_grad_(need_x)
             sc = [(t if whole else t[..., c0:c1, :]).detach().requires_grad_(need) if t is not None else sentinel
                   for t, need, sentinel in zip(slots_in, need_slots, ctx.sentinels)]
             # Backward runs with grad off: the recomputation and the interior slices need it on.
@@ -317,7 +528,7 @@ class _RecomputedBlock(torch.autograd.Function):
                 grad_x, grad_slots, grad_params = gx, gs, got
                 break
             if grad_x is None:
-                grad_x = torch.zeros_like(x) if need_x else None
+                grad_x = xc.new_zeros((*xc.shape[:-2], rows, xc.shape[-1])) if need_x else None
                 grad_slots = [torch.zeros_like(t) if need else None for t, need in zip(slots_in, need_slots)]
             if gx is not None:
                 grad_x[..., c0:c1, :] += gx
@@ -328,4 +539,4 @@ class _RecomputedBlock(torch.autograd.Function):
         grad_slots = grad_slots or [None] * len(slots_in)
         it_p = iter(grad_params)
         grads_params = [next(it_p) if p.requires_grad else None for p in ctx.params]
-        return (None, None, None, None, grad_x, *grad_slots, *grads_params)
+        return (None, None, None, None, None, None, grad_x, *grad_slots, *grads_params)
