@@ -14,8 +14,10 @@ checkpoint that the generation commands read), exactly as written; the test only
   an absolute placeholder path becomes a folder of the same name in the scratch folder);
 - expands README's ``[--option value]`` notation: once without the optional parts, once with all
   of them but those ``OPTIONAL_SKIPPED`` names with its reason;
+- replaces README's ``<name>`` placeholders with a real value (``TEXT``);
 - joins a Ray cluster where a command says ``ray.address=auto``: a 2-CPU local cluster started by
-  the test (stopped at the end), named to the command through RAY_ADDRESS, which ``auto`` reads.
+  the test (stopped at the end), named to the command through RAY_ADDRESS, which ``auto`` reads
+  (with RAY_AUTH_MODE=token: Ray sends its token to an address named explicitly only when told to).
 
 ``NOT_RUN`` lists the commands that cannot run here, each with its reason; keep it short. A new
 command that needs a placeholder or a size override the test does not know fails with a message
@@ -41,6 +43,9 @@ README = REPO / "README.md"
 # Commands that cannot run here, with the reason.
 NOT_RUN = {
     "make test": "the test suite itself (this test is part of it)",
+    ".venv/bin/python -m drivegen.preview source=/data/nuscenes log=scene-0061 frame=20 num_frames=40":
+        "names a scene of the real nuScenes (v1.0-mini scene-0061); the sample dataroot holds scene-drivegen-0001 "
+        "only (the same command on it runs as the sample-log preview above)",
 }
 
 # Overrides appended per module: small sizes only, never a change of what the command does.
@@ -51,6 +56,12 @@ SIZES = {
     "chopgrad_core.heads.finetune": ["train.steps=2", "train.batch_size=1", "data.crop=[32,48]", "data.eval_clips=1"],
     "chopgrad_core.heads.restore": [],
     "conditions.preview": [],
+    "drivegen.preview": ["image_size=[48,80]"],
+}
+
+# README's <name> placeholders and the value each stands for here.
+TEXT = {
+    "<log>": "scene-drivegen-0001",  # the sample world's nuScenes log
 }
 
 # Optional parts of a command ([--opt value]) left out of the run with all options, and why.
@@ -60,6 +71,14 @@ OPTIONAL_SKIPPED = {
 }
 
 MAKE_TARGETS = {"make train": "train"}  # run as the Makefile's recipe for the target
+
+
+def _clip_store(path: Path) -> None:
+    """The store `python -m drivegen.preprocess` writes by default (README: other entry points),
+    at a small image size; its input, datasets/sample, is there after `make train`."""
+    sizes = ["conditions.image_size=[32,48]", "conditions.bev_size_px=[32,32]", "progress=false"]
+    subprocess.run([sys.executable, "-m", "drivegen.preprocess", f"out={path}", *sizes], cwd=path.parents[1],
+                   check=True, capture_output=True, timeout=300)
 
 
 def _video(path: Path, frames: int = 9, size=(48, 64), seed: int = 0) -> None:
@@ -100,6 +119,7 @@ FILES = {
     "b.yaml": _scenario("b"),
     "/clean": _video_folder,
     "/renders": _video_folder,
+    "datasets/clips.zarr": _clip_store,
 }
 
 
@@ -143,7 +163,7 @@ def _module(command: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def ray_address():
-    """A 2-CPU local Ray cluster for commands with ray.address=auto (they join it via RAY_ADDRESS)."""
+    """A 2-CPU local Ray cluster for commands with ray.address=auto: the environment that joins it."""
     started = []
 
     def address() -> str:
@@ -153,7 +173,10 @@ def ray_address():
             if ray.is_initialized():
                 ray.shutdown()
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-            started.append(ray.get_runtime_context().gcs_address)
+            env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+            if os.environ.get("RAY_AUTH_MODE"):  # set by ray.init when the cluster uses token auth
+                env["RAY_AUTH_MODE"] = os.environ["RAY_AUTH_MODE"]
+            started.append(env)
         return started[0]
 
     yield address
@@ -181,6 +204,12 @@ def test_every_readme_command_runs(tmp_path, ray_address):
         if command in NOT_RUN:
             continue
         line = _make_recipe(MAKE_TARGETS[command]) if command in MAKE_TARGETS else command
+        for placeholder, value in TEXT.items():
+            line = line.replace(placeholder, value)
+        unknown = re.search(r"<[\w-]+>", line)
+        if unknown:
+            failures.append(f"{command!r}: placeholder {unknown.group(0)} unknown; add it to TEXT")
+            continue
         if not line.startswith((".venv/bin/python -m", "python -m", "python3 -m")):
             failures.append(f"{command!r}: not a `python -m` command; add it to NOT_RUN with the reason")
             continue
@@ -194,14 +223,14 @@ def test_every_readme_command_runs(tmp_path, ray_address):
             if value in FILES:
                 target = work / value.lstrip("/")
                 if not target.exists():
-                    FILES[value](target)
+                    FILES[value](target)  # after the commands before it: a store needs make train's logs
                 if value.startswith("/"):
                     line = line.replace(f"={value}", f"={target}")
             elif value.startswith("/") and not value.startswith(str(tmp_path)):
                 failures.append(f"{command!r}: placeholder path {value} unknown; add it to FILES")
         run_env = dict(env)
         if "ray.address=auto" in line:
-            run_env["RAY_ADDRESS"] = ray_address()
+            run_env.update(ray_address())
         for label, variant in _variants(line):
             full = f"{variant} {' '.join(shlex.quote(o) for o in SIZES[module])}"
             proc = subprocess.run(["bash", "-c", full], cwd=work, env=run_env, capture_output=True, text=True,

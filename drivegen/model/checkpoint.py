@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +118,11 @@ def save_checkpoint(out: str | Path, step: int, write: Callable[[Path], None], k
     if keep > 0:
         for old_step, folder in sorted(_complete(out).items())[:-keep]:
             if folder != final:
-                shutil.rmtree(folder, ignore_errors=True)
+                # Renamed out of the way first (one atomic step), so that a kill during the
+                # deletion never leaves a half-deleted folder under a checkpoint's name.
+                doomed = out / f".{_name(old_step)}.{uuid.uuid4().hex[:8]}.partial"
+                os.replace(folder, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 

@@ -18,7 +18,7 @@ def sample_logs(tmp_path_factory) -> Path:
     from drivegen.data.sample_data import generate_sample_logs
 
     root = tmp_path_factory.mktemp("logs")
-    generate_sample_logs(root)
+    generate_sample_logs(root, nuscenes_scenes=1)
     return root
 
 

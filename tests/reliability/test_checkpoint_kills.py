@@ -2,7 +2,7 @@
 
 Each save is killed in a forked child at every call of ``os.replace`` (each file of the folder,
 its manifest, the folder's rename, moving an old folder of the same step aside, the ``latest``
-pointer) with ``os._exit``: like SIGKILL, no cleanup handler runs, so the run folder is left
+pointer, pruning the oldest checkpoint, the run's history and loss curve) with ``os._exit``: like SIGKILL, no cleanup handler runs, so the run folder is left
 exactly as a real kill leaves it. Then resuming finds the newest complete checkpoint and loads
 it, and the next save tidies what the kill left.
 """
@@ -80,9 +80,11 @@ class TestKilledSave:
             assert torch.equal(value, saved[name]), name
         return step
 
-    def test_kill_at_every_rename_of_a_new_step_resumes_newest_complete(self, trained, copy_run, tmp_path):
+    def test_kill_at_every_rename_of_a_new_step_resumes_newest_complete(self, trained, copy_run, tmp_path,
+                                                                        monkeypatch):
+        monkeypatch.setattr(trained.cfg.trainer, "keep_checkpoints", 1)  # the save also prunes checkpoint-1
         n = _replace_calls(trained, Path(shutil.copytree(copy_run, tmp_path / "count")), 2)
-        assert n >= 6  # model, optimizer, history, rng, manifest, folder, pointer
+        assert n >= 8  # model, optimizer, history, rng, manifest, folder, pointer, pruning, run history
         resumed = set()
         for index in range(n):
             out = Path(shutil.copytree(copy_run, tmp_path / f"kill{index}"))

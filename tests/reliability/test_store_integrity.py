@@ -61,6 +61,18 @@ class TestReader:
             with pytest.raises(StoreError, match=rf"clip '{clip}'.*{SHARD} is missing.*python -m drivegen.preprocess"):
                 reader[0]
 
+    def test_zarr_read_error_is_a_store_error_naming_the_clip(self, copy_store):
+        # A flipped byte in the shard's index (its last bytes, guarded by a CRC32C): same size, so
+        # the cheap check passes, and zarr's own checksum error must not reach the user raw.
+        ds = ClipDataset(copy_store, datasets=["nuscenes"])
+        clip = ds[0]["clip"]
+        shard = copy_store / "clips" / clip / SHARD
+        data = bytearray(shard.read_bytes())
+        data[-6] ^= 0xFF
+        shard.write_bytes(bytes(data))
+        with pytest.raises(StoreError, match=rf"clip '{clip}'.*cannot be read.*verify=true"):
+            ds[0]
+
     def test_first_run_killed_store_names_the_path_and_the_rerun(self, train_data, tmp_path):
         # What a first run killed before its end leaves: the root, some finished clips, no
         # consolidated metadata.
