@@ -26,11 +26,34 @@ from drivegen.model.objective import ObjectiveConfig
 from drivegen.train.config import DataConfig, TrainConfig, TrainerConfig
 
 HYDRA_KEYS = {"defaults", "hydra"}
+TRAIN_ROOT_KEYS = {"launcher", "ray"}  # TrainConfig fields written inline in train.yaml, not as groups
 
 # (preset file, key) -> why the preset differs from the dataclass default (the same words stand
 # as a comment beside the key in the YAML file).
 DIFFERS = {
     ("model/tiny.yaml", "train_decoder"): "the tiny VAE is random: its decoder learns the sample world",
+    ("model/wan2.1_vace_1.3b.yaml", "num_attention_heads"): "the released checkpoint's shape",
+    ("model/wan2.1_vace_1.3b.yaml", "attention_head_dim"): "the released checkpoint's shape",
+    ("model/wan2.1_vace_1.3b.yaml", "num_layers"): "the released checkpoint's shape",
+    ("model/wan2.1_vace_1.3b.yaml", "ffn_dim"): "the released checkpoint's shape",
+    ("model/wan2.1_vace_1.3b.yaml", "text_dim"): "the released checkpoint's shape",
+    ("model/wan2.1_vace_1.3b.yaml", "vace_layers"): "the released checkpoint's shape",
+    ("model/wan2.1_vace_14b.yaml", "num_attention_heads"): "the released checkpoint's shape",
+    ("model/wan2.1_vace_14b.yaml", "attention_head_dim"): "the released checkpoint's shape",
+    ("model/wan2.1_vace_14b.yaml", "num_layers"): "the released checkpoint's shape",
+    ("model/wan2.1_vace_14b.yaml", "ffn_dim"): "the released checkpoint's shape",
+    ("model/wan2.1_vace_14b.yaml", "text_dim"): "the released checkpoint's shape",
+    ("model/wan2.1_vace_14b.yaml", "vace_layers"): "the released checkpoint's shape",
+    ("trainer/gpu.yaml", "steps"): "a fine-tuning run, not the CPU demo",
+    ("trainer/gpu.yaml", "lr"): "pretrained weights take a 10x smaller step than the random tiny model",
+    ("trainer/gpu.yaml", "gradient_checkpointing"): "480x832 multi-camera clips do not fit their activations otherwise",
+    ("trainer/gpu.yaml", "save_every"): "hours-long runs checkpoint as they go",
+    ("trainer/gpu.yaml", "resume"): "a restarted job continues from its newest checkpoint",
+    ("trainer/gpu.yaml", "lr_warmup"): "warm up the AdamW moments before full steps on pretrained weights",
+    ("trainer/gpu.yaml", "lr_schedule"): "decay over the run",
+    ("trainer/gpu.yaml", "lr_min_ratio"): "end at a tenth of lr",
+    ("trainer/gpu.yaml", "val_every"): "a val-split loss with every checkpoint",
+    ("trainer/gpu.yaml", "use_gpu"): "Ray Train workers get a GPU each",
 }
 
 
@@ -46,9 +69,11 @@ def _flatten(node: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def _defaults(obj) -> dict[str, object]:
+def _defaults(obj, only: set[str] | None = None) -> dict[str, object]:
     flat = {}
     for f in dataclasses.fields(obj):
+        if only is not None and f.name not in only:
+            continue
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             flat.update({f"{f.name}.{k}": v for k, v in _defaults(value).items()})
@@ -81,23 +106,27 @@ class TestPresetsMirrorDataclasses:
     @pytest.mark.parametrize("preset, cls", [("model/tiny.yaml", ModelConfig), ("data/sample.yaml", DataConfig),
                                              ("objective/default.yaml", ObjectiveConfig),
                                              ("chopgrad/default.yaml", ChopGradConfig),
-                                             ("trainer/cpu.yaml", TrainerConfig)])
+                                             ("trainer/cpu.yaml", TrainerConfig),
+                                             ("trainer/gpu.yaml", TrainerConfig),
+                                             ("model/wan2.1_vace_1.3b.yaml", ModelConfig),
+                                             ("model/wan2.1_vace_14b.yaml", ModelConfig)])
     def test_train_group_preset_mirrors_its_dataclass(self, preset, cls):
         _check(preset, cls())
 
     def test_low_memory_preset_equals_chopgrad_presets_entry(self):
         _check("chopgrad/low_memory.yaml", None, _defaults(PRESETS["low_memory"]))
 
-    def test_train_root_holds_only_the_groups(self):
+    def test_train_root_holds_the_groups_and_the_launcher(self):
         raw = yaml.safe_load((CONFIG_DIR / "train.yaml").read_text())
-        assert set(raw) <= HYDRA_KEYS
+        assert set(raw) <= HYDRA_KEYS | TRAIN_ROOT_KEYS
+        _check("train.yaml", None, _defaults(TrainConfig(), only=TRAIN_ROOT_KEYS))  # launcher and ray, inline
         groups = {next(iter(d)) for d in raw["defaults"] if isinstance(d, dict) and not next(iter(d)).startswith("override")}
-        assert groups == {f.name for f in dataclasses.fields(TrainConfig)}
+        assert groups == {f.name for f in dataclasses.fields(TrainConfig)} - TRAIN_ROOT_KEYS
         assert raw["defaults"][0] == "train_schema"  # the schema first: presets and overrides are type-checked
 
     def test_every_group_dir_is_a_train_section(self):
         dirs = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
-        assert dirs == {f.name for f in dataclasses.fields(TrainConfig)} | {"finetune"}
+        assert dirs == ({f.name for f in dataclasses.fields(TrainConfig)} - TRAIN_ROOT_KEYS) | {"finetune"}
 
 
 class TestComposedConfigs:

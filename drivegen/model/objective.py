@@ -74,31 +74,44 @@ def sample_sigma(cfg: ObjectiveConfig, batch: int, generator: torch.Generator | 
 
 def losses(model, decoder, space: LatentSpace, x0_BKCThw: torch.Tensor, frames_BKcFHW: torch.Tensor,
            control_BKCThw: torch.Tensor, cond: dict[str, Any], cfg: ObjectiveConfig,
-           chopgrad: ChopGradConfig | None = None, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+           chopgrad: ChopGradConfig | None = None, generator: torch.Generator | None = None,
+           rows: slice | None = None, global_batch: int | None = None,
+           cameras: slice | None = None) -> dict[str, torch.Tensor]:
     """Flow-matching and pixel losses of one batch; ``total`` is what to back-propagate.
 
     ``x0`` is in the normalised latent space; ``frames`` are the ground-truth frames in [-1, 1].
+
+    Sharded training (drivegen.train.parallel) passes its share: ``rows`` of a ``global_batch``
+    (data parallel: noise, sigma and dropout are drawn for the whole global batch and sliced, so
+    every process sees what one process would) and ``cameras`` (camera-parallel ChopGrad: both
+    losses cover only these cameras, weighted by their share so the shares add up to the whole;
+    ``frames`` then holds only these cameras). Left out, one process computes exactly as before.
     """
     b, k = x0_BKCThw.shape[:2]
-    sigma = sample_sigma(cfg, b, generator).to(x0_BKCThw.device)
-    noise = torch.randn(x0_BKCThw.shape, generator=generator).to(x0_BKCThw)
+    n, rows = (global_batch or b), (rows or slice(0, b))
+    sigma = sample_sigma(cfg, n, generator)[rows].to(x0_BKCThw.device)
+    noise = torch.randn((n, *x0_BKCThw.shape[1:]), generator=generator)[rows].to(x0_BKCThw)
     s = sigma.view(b, 1, 1, 1, 1, 1)
     x_t = (1 - s) * x0_BKCThw + s * noise
     if cfg.control_dropout > 0:  # some elements see the null condition (classifier-free guidance)
-        drop = torch.rand(b, generator=generator) < cfg.control_dropout
+        drop = (torch.rand(n, generator=generator) < cfg.control_dropout)[rows]
         if drop.any():
             null_control, null_cond = null_conditions(control_BKCThw, cond)
             d = drop.to(x0_BKCThw.device)
             control_BKCThw = torch.where(d.view(b, 1, 1, 1, 1, 1), null_control, control_BKCThw)
             cond = dict(cond, box_mask=torch.where(d.view(b, 1, 1, 1), null_cond["box_mask"], cond["box_mask"]))
     velocity = model(x_t, sigma * 1000, control_BKCThw, cond, tuple(frames_BKcFHW.shape[-2:]))
-    out = {"flow": F.mse_loss(velocity.float(), (noise - x0_BKCThw).float())}
+    target, share = noise - x0_BKCThw, 1.0
+    if cameras is not None:  # this rank's cameras only
+        velocity, target, x_t = velocity[:, cameras], target[:, cameras], x_t[:, cameras]
+        share = velocity.shape[1] / k
+    out = {"flow": F.mse_loss(velocity.float(), target.float()) * share}
     total = cfg.flow_weight * out["flow"]
     if cfg.pixel_weight > 0:
         x0_hat = (x_t - s * velocity).flatten(0, 1)  # (B*K, C, T, h, w): cameras as batch elements
         out["pixel"] = chopgrad_core.pixel_loss(decoder, space.denormalise(x0_hat.float()).to(x0_hat.dtype),
                                                 frames_BKcFHW.flatten(0, 1),
-                                                **(chopgrad or ChopGradConfig()).pixel_loss_kwargs())
+                                                **(chopgrad or ChopGradConfig()).pixel_loss_kwargs()) * share
         total = total + cfg.pixel_weight * out["pixel"]
     out["total"] = total
     return out

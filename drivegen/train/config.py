@@ -9,6 +9,7 @@ from chopgrad_core.config import ChopGradConfig
 from drivegen.errors import TrainConfigError
 from drivegen.model.controlled_wan import ModelConfig
 from drivegen.model.objective import ObjectiveConfig
+from drivegen.workpool import RayConfig
 
 __all__ = ["DataConfig", "TrainConfig", "TrainerConfig"]
 
@@ -92,6 +93,24 @@ class TrainerConfig:
     under out if there is one, else a fresh start; null: a fresh start."""
     overwrite: bool = False
     """Allow a fresh run (resume=null) into an out that already holds checkpoints."""
+    lr_warmup: int = 0
+    """Steps of linear learning-rate warmup from 0 to ``lr``."""
+    lr_schedule: str = "constant"
+    """After warmup: constant, or cosine (decay to ``lr * lr_min_ratio`` at ``steps``)."""
+    lr_min_ratio: float = 0.0
+    """Final learning rate of the cosine schedule as a share of ``lr``."""
+    val_every: int = 0
+    """Steps between validation losses on the store's val split (TensorBoard val/*); 0: off."""
+    val_batches: int = 4
+    """Val-split batches per validation (fixed noise, so the curve compares like with like)."""
+    context_parallel: int = 1
+    """Processes that share one clip: its tokens (Ulysses attention) and its cameras' pixel loss
+    (camera-parallel ChopGrad); the world size / context_parallel processes are data parallel.
+    Divides the world size, the head count and the camera count (drivegen/train/parallel.py)."""
+    num_workers: int = 1
+    """Ray Train workers (launcher=ray); torchrun sets the world size with --nproc_per_node."""
+    use_gpu: bool = False
+    """Ray Train workers get one GPU each (launcher=ray)."""
 
     def __post_init__(self) -> None:
         _check("trainer.steps", self.steps, self.steps >= 1, "an integer >= 1")
@@ -109,6 +128,13 @@ class TrainerConfig:
             raise TrainConfigError(f"trainer.ema={self.ema} must be in (0, 1) or null")
         if self.lora is not None and self.lora < 1:
             raise TrainConfigError(f"trainer.lora={self.lora}: a LoRA rank >= 1, or null for full fine-tuning")
+        _check("trainer.lr_warmup", self.lr_warmup, self.lr_warmup >= 0, "an integer >= 0")
+        _check("trainer.lr_schedule", self.lr_schedule, self.lr_schedule in ("constant", "cosine"), "constant or cosine")
+        _check("trainer.lr_min_ratio", self.lr_min_ratio, 0.0 <= self.lr_min_ratio <= 1.0, "a share in [0, 1]")
+        _check("trainer.val_every", self.val_every, self.val_every >= 0, "an integer >= 0 (0: off)")
+        _check("trainer.val_batches", self.val_batches, self.val_batches >= 1, "an integer >= 1")
+        _check("trainer.context_parallel", self.context_parallel, self.context_parallel >= 1, "an integer >= 1")
+        _check("trainer.num_workers", self.num_workers, self.num_workers >= 1, "an integer >= 1")
         if self.mixed_precision not in ("bf16", "no"):
             raise TrainConfigError(f"trainer.mixed_precision={self.mixed_precision!r}: choose bf16 or no")
 
@@ -120,3 +146,11 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     chopgrad: ChopGradConfig = field(default_factory=ChopGradConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    launcher: str = "local"
+    """local: this process (one, or each of torchrun's); ray: Ray Train's TorchTrainer starts
+    ``trainer.num_workers`` processes that run the same loop (drivegen/train/launch.py)."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Where Ray runs (launcher=ray): ray.address joins a cluster, none starts an embedded one."""
+
+    def __post_init__(self) -> None:
+        _check("launcher", self.launcher, self.launcher in ("local", "ray"), "local or ray")
