@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shlex
-import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -233,9 +234,15 @@ def test_every_readme_command_runs(tmp_path, ray_address):
             run_env.update(ray_address())
         for label, variant in _variants(line):
             full = f"{variant} {' '.join(shlex.quote(o) for o in SIZES[module])}"
+            cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
             proc = subprocess.run(["bash", "-c", full], cwd=work, env=run_env, capture_output=True, text=True,
                                   timeout=300)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             ran.append(label)
+            # CPU seconds say what a command costs on a quiet machine; wall seconds depend on the load.
+            print(f"{after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime:7.1f} s CPU "
+                  f"{time.perf_counter() - t0:7.1f} s wall  {label}")
             if proc.returncode != 0:
                 failures.append(f"{label!r} (ran: {full}) exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     assert not failures, "\n\n".join(failures)

@@ -2,9 +2,10 @@
 
 Each save is killed in a forked child at every call of ``os.replace`` (each file of the folder,
 its manifest, the folder's rename, moving an old folder of the same step aside, the ``latest``
-pointer, pruning the oldest checkpoint, the run's history and loss curve) with ``os._exit``: like SIGKILL, no cleanup handler runs, so the run folder is left
-exactly as a real kill leaves it. Then resuming finds the newest complete checkpoint and loads
-it, and the next save tidies what the kill left.
+pointer, pruning the oldest checkpoint, the run's history and loss curve) with ``os._exit``:
+like SIGKILL, no cleanup handler runs, so the run folder is left exactly as a real kill leaves
+it. Then resuming finds the newest complete checkpoint and loads it, and the next save tidies
+what the kill left.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
 
 from drivegen.model import checkpoint as ckpt

@@ -7,7 +7,6 @@ file (``unwritable``), where creating the folder fails for everyone.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest

@@ -8,7 +8,6 @@ another process while a run starts and ends around it (deterministic), and with 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

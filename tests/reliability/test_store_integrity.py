@@ -21,6 +21,7 @@ import zarr
 from drivegen.data import store
 from drivegen.data.dataset import ClipDataset
 from drivegen.data.preprocess import ClipConfig, ConditionsConfig, PreprocessConfig, run
+from drivegen.data.preprocess.config import SplitConfig
 from drivegen.errors import StoreError
 
 SHARD = "images/c/0/0/0/0/0"  # the one shard of a clip's images (T K H W 3: one per clip)
@@ -38,7 +39,8 @@ def _config(train_data, out: Path, **kw) -> PreprocessConfig:
     """The settings the trainer's ensure_store wrote the session store with (a rerun must match)."""
     return PreprocessConfig(input_root=train_data.logs, out=str(out), progress=False,
                             conditions=ConditionsConfig(image_size=list(train_data.image_size), bev=False),
-                            clip=ClipConfig(length=train_data.clip_length, stride=train_data.clip_length), **kw)
+                            clip=ClipConfig(length=train_data.clip_length, stride=train_data.clip_length),
+                            split=SplitConfig(val_logs=train_data.val_logs), **kw)
 
 
 def _arrays(out: Path, clip: str) -> dict[str, np.ndarray]:
