@@ -68,3 +68,16 @@ class ScenarioError(DrivegenError):
 
 class GenerateConfigError(ConfigError):
     """A `drivegen.generate` setting is invalid or does not fit the checkpoint (the message names the key)."""
+
+
+class EvaluateConfigError(ConfigError):
+    """A `drivegen.evaluate` setting is invalid or does not fit the checkpoint (the message names the key)."""
+
+
+class WeightsFileError(EvaluateConfigError, FileNotFoundError):
+    """A local weights file named in a config (FID / FVD / LPIPS features) is missing or not loadable;
+    nothing is downloaded: the message names the key and the file."""
+
+
+class ProbeError(DrivegenError, FileNotFoundError):
+    """The layout probe is missing, damaged or does not fit the frames it is given (names the file and the fix)."""

@@ -11,7 +11,10 @@ The Generator loads the checkpoint once (a Ray actor holds one) and runs scenari
 5. Pixels: decode group by group (chopgrad_core.decode, stream=True) straight into the mp4
    writers and the dataroot's JPEGs, so memory does not grow with length.
 6. Labels and manifest: the edited scene as a nuScenes dataroot, then manifest.json; the
-   scenario's folder is renamed into place last (a folder with a manifest is finished).
+   scenario's folder is renamed into place last (a folder with a manifest is finished). The
+   manifest's ``box_recall`` says how far the labels can be trusted: the share of visible labelled
+   boxes that the store's layout probe (drivegen.model.probe) finds with their class in the
+   generated pixels; without a probe it says why it was not computed.
 
 Outputs under ``out/<scenario name>/``: <camera>.mp4, mosaic.mp4 (generated row, control row),
 nuscenes/ (dataroot: 13 tables, map expansion, the generated frames as camera images),
@@ -42,6 +45,7 @@ from drivegen.generate.scenario import EditedScene, Scenario, apply_edits, load_
 from drivegen.model.checkpoint import checkpoint_digest, load_trained
 from drivegen.model.conditioning import batch_from_arrays, prepare_conditions
 from drivegen.model.objective import LatentSpace
+from drivegen.model.probe import FrameRecall
 from drivegen.model.sampler import chunk_starts, sample_video
 
 MANIFEST = "manifest.json"
@@ -173,9 +177,10 @@ class Generator:
         layout_cfg = ConditionsConfig(**settings["conditions"]).layout_config()
         cameras = list(attrs["cameras"])
         arrays, _ = render_clip_arrays(edited.scene, list(range(num_frames)), cameras, layout_cfg)
+        recall = FrameRecall(store, tuple(layout_cfg.image_size), self.device)  # labels against pixels
         # 4.-6. Latents, pixels, labels, manifest: into a temp folder, renamed into place at the end.
         with atomic_dir(folder) as tmp:
-            stats = self._render(scenario, edited, arrays, cameras, tmp)
+            stats = self._render(scenario, edited, arrays, cameras, tmp, recall)
             manifest = {
                 "scenario": scenario.name, "scenario_file": str(path), "scenario_hash": scenario.digest(),
                 "scenario_parsed": scenario.to_dict(), "key": key,
@@ -190,7 +195,8 @@ class Generator:
             }
             write_json(tmp / MANIFEST, manifest)  # last file: a folder with a manifest is finished
         return {"scenario": scenario.name, "status": "generated", "folder": str(folder),
-                "seconds": manifest["seconds"], "frames": num_frames, "warnings": manifest["warnings"]}
+                "seconds": manifest["seconds"], "frames": num_frames, "warnings": manifest["warnings"],
+                "box_recall": manifest["box_recall"]["box_recall"]}
 
     def _seed(self, scenario: Scenario) -> int:
         return self.cfg.sampler.seed if scenario.seed is None else scenario.seed
@@ -203,7 +209,8 @@ class Generator:
                                       f"latent frames (sampler.chunk_frames={frames})")
         return chunk
 
-    def _render(self, scenario: Scenario, edited: EditedScene, arrays: dict, cameras: list[str], out: Path) -> dict:
+    def _render(self, scenario: Scenario, edited: EditedScene, arrays: dict, cameras: list[str], out: Path,
+                recall: FrameRecall) -> dict:
         cfg, device = self.cfg, self.device
         T = arrays["control"].shape[0]
         K = len(cameras)
@@ -244,6 +251,7 @@ class Generator:
             for group in chopgrad_core.decode(self.decoder, z.to(next(self.vae.parameters()).dtype), stream=True):
                 video = to_uint8(group.transpose(1, 2))  # (K, f, H, W, 3)
                 f = video.shape[1]
+                recall.add(video, *(arrays[k][frame:frame + f] for k in ("layout", "box_mask", "box_class")))
                 for k, cam in enumerate(cameras):
                     writers[k].append(video[k])
                     for j in range(f):
@@ -286,4 +294,5 @@ class Generator:
                                          f"{sorted(edited.names[k] for k in edited.edited)}")
         return {"fps": fps, "latent_frames": n, "chunks": len(chunk_starts(n, min(chunk, n), cfg.sampler.overlap)),
                 "sample_seconds": round(sample_s, 3), "decode_seconds": round(decode_s, 3),
+                "box_recall": recall.as_dict(),
                 "labels": {"dataroot": "nuscenes", "version": labels.version, "scene": name}}
