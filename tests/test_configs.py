@@ -20,6 +20,7 @@ from chopgrad_core.config import PRESETS, ChopGradConfig
 from drivegen.config import CONFIG_DIR, compose
 from drivegen.data.preprocess import PreprocessConfig
 from drivegen.errors import ConfigError
+from drivegen.evaluate.config import EvaluateConfig
 from drivegen.generate.config import GenerateConfig
 from drivegen.model.controlled_wan import ModelConfig
 from drivegen.model.objective import ObjectiveConfig
@@ -103,6 +104,9 @@ class TestPresetsMirrorDataclasses:
     def test_generate_preset_mirrors_generate_config(self):
         _check("generate.yaml", GenerateConfig())
 
+    def test_evaluate_preset_mirrors_evaluate_config(self):
+        _check("evaluate.yaml", EvaluateConfig())
+
     @pytest.mark.parametrize("preset, cls", [("model/tiny.yaml", ModelConfig), ("data/sample.yaml", DataConfig),
                                              ("objective/default.yaml", ObjectiveConfig),
                                              ("chopgrad/default.yaml", ChopGradConfig),
@@ -137,6 +141,9 @@ class TestComposedConfigs:
 
     def test_generate_composes_to_its_defaults(self):
         assert compose(GenerateConfig, "generate") == GenerateConfig()
+
+    def test_evaluate_composes_to_its_defaults(self):
+        assert compose(EvaluateConfig, "evaluate") == EvaluateConfig()
 
     def test_train_composes_to_its_presets(self):
         cfg = compose(TrainConfig, "train")
