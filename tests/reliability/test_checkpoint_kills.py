@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from drivegen.model import checkpoint as ckpt
@@ -122,3 +123,21 @@ class TestCheckpointPaths:
         folder = trained.save()
         config = json.loads(ckpt.read_metadata(folder / "model.safetensors")["config"])
         assert config["data"]["store"] == str(store)
+
+
+class TestFreshRunIntoOldRun:
+    """A fresh run into a trainer.out that holds checkpoints is refused, naming the keys that
+    continue or replace it (before: it silently overwrote the checkpoint)."""
+
+    def test_fresh_run_into_a_run_folder_is_refused(self, trained, copy_run):
+        from dataclasses import replace
+
+        from drivegen.errors import TrainConfigError
+        from drivegen.train import TrainConfig, Trainer
+
+        before = sorted(p.name for p in copy_run.iterdir())
+        cfg = TrainConfig(data=trained.cfg.data, model=trained.cfg.model,
+                          trainer=replace(trained.cfg.trainer, out=str(copy_run), resume=None, overwrite=False))
+        with pytest.raises(TrainConfigError, match=r"trainer\.resume=auto.*trainer\.overwrite=true"):
+            Trainer(cfg)
+        assert sorted(p.name for p in copy_run.iterdir()) == before
