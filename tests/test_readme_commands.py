@@ -47,6 +47,22 @@ NOT_RUN = {
     ".venv/bin/python -m drivegen.preview source=/data/nuscenes log=scene-0061 frame=20 num_frames=40":
         "names a scene of the real nuScenes (v1.0-mini scene-0061); the sample dataroot holds scene-drivegen-0001 "
         "only (the same command on it runs as the sample-log preview above)",
+    # README "Training on GPUs": a CUDA machine's install and multi-GPU runs on real weights and data
+    # (the CPU path of the same loop is tests/train/test_parallel*.py and the Ray Train command here).
+    "python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu130":
+        "installs a CUDA torch from PyTorch's index: a GPU machine's install, not this CPU venv's",
+    "make install": "the install itself (the test runs in the installed venv)",
+    "torchrun --nproc_per_node=8 -m drivegen.train model=wan2.1_vace_1.3b trainer=gpu "
+    "model.pretrained=/weights/Wan2.1-VACE-1.3B-diffusers data.batch_size=4 trainer.context_parallel=2":
+        "8 GPUs and the released Wan 2.1 VACE 1.3B weights",
+    "python -m drivegen.preprocess input_root=/data/nuscenes out=/data/stores/nuscenes_480x832_121.zarr "
+    "conditions.image_size=[480,832] clip.length=121 clip.stride=60 ray.address=auto":
+        "the real nuScenes (121-frame clips; the sample logs hold 43 frames)",
+    "torchrun --nproc_per_node=8 -m drivegen.train model=wan2.1_vace_1.3b trainer=gpu chopgrad=low_memory "
+    "model.pretrained=/weights/Wan2.1-VACE-1.3B-diffusers data.store=/data/stores/nuscenes_480x832_121.zarr "
+    "data.image_size=[480,832] data.clip_length=121 data.datasets=[nuscenes] data.batch_size=4 "
+    "trainer.context_parallel=2 trainer.out=/checkpoints/run1":
+        "8 GPUs, the released weights and a store of the real nuScenes",
 }
 
 # Overrides appended per module: small sizes only, never a change of what the command does.

@@ -215,6 +215,8 @@ def apply_context_parallel(transformer: nn.Module, par: Parallel) -> None:
 @torch.no_grad()
 def _gather_cameras(x: torch.Tensor, par: Parallel) -> torch.Tensor:
     """Camera shares (dim 1) of all cp ranks, concatenated in rank order."""
+    if x.dtype == torch.bool:  # masks travel as bytes (not every backend reduces or gathers bool)
+        return _gather_cameras(x.to(torch.uint8), par).bool()
     parts = [torch.empty_like(x) for _ in range(par.cp)]
     dist.all_gather(parts, x.contiguous(), group=par.cp_group)
     return torch.cat(parts, dim=1)
@@ -248,8 +250,10 @@ def apply_fsdp(model: nn.Module, par: Parallel, bf16: bool) -> None:
     """fully_shard each transformer block, then the root; bf16 compute with fp32 reduction."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
-          else MixedPrecisionPolicy())
+    # Inputs are not cast: the timestep (1000 sigma) and RoPE's angles would lose precision in bf16;
+    # the trainer's bf16 autocast runs the matmuls in bf16 as on one GPU.
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
+          if bf16 else MixedPrecisionPolicy())
     transformer = model.transformer
     for block in [*transformer.vace_blocks, *transformer.blocks]:
         fully_shard(block, mesh=par.fsdp_mesh, mp_policy=mp)
