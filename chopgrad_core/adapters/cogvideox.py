@@ -194,7 +194,10 @@ class _Checkpoint(torch.autograd.Function):
                                        **_unflatten(spec, flat, is_t, tensors)[1]))
         leaves, out_spec = tree_flatten(out)
         box.update(spec=out_spec, leaves=leaves, is_t=[isinstance(t, torch.Tensor) for t in leaves])
-        ctx.forward, ctx.spec, ctx.flat, ctx.is_t = forward, spec, flat, is_t
+        # Only the non-tensor arguments stay in ctx: a tensor kept here would pin the block's input
+        # on the device past the saved-tensor hooks that move it to host memory.
+        ctx.forward, ctx.spec, ctx.is_t = forward, spec, is_t
+        ctx.flat = [None if t else v for t, v in zip(is_t, flat)]
         ctx.out_is_t = box["is_t"]
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*tensors)

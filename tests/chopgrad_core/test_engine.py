@@ -149,7 +149,7 @@ class CausalDecoderConformance:
         # CUDA; count the stores so the test cannot pass with the lever silently off.
         stores = []
         store = cg.decoder.CacheOffloader.store
-        monkeypatch.setattr(cg.decoder.CacheOffloader, "store", lambda self, k, t: stores.append(k) or store(self, k, t))
+        monkeypatch.setattr(cg.decoder.CacheOffloader, "store", lambda self, k, t, ring=None: stores.append(k) or store(self, k, t, ring))
         z, target = data
         _, plain = self.run(vae, z, target, mode=mode, window=window)
         _, levered = self.run(vae, z, target, mode=mode, window=window, **lever)
