@@ -226,9 +226,9 @@ class Trainer:
             out = self.compute_losses(next(batches), gen)
             # Several processes: the global value, so that every rank stops together (a collective).
             values = self.reduce(out) if self.par is not None else None
-            total = values["total"] if values is not None else out["total"]
-            if not math.isfinite(float(total)):
-                raise TrainConfigError(f"non-finite loss at step {step}: {float(total)}; lower trainer.lr "
+            total = values["total"] if values is not None else float(out["total"].detach())
+            if not math.isfinite(total):
+                raise TrainConfigError(f"non-finite loss at step {step}: {total}; lower trainer.lr "
                                        f"(={tc.lr}); the last checkpoint in {self.out} is kept")
             if self.par is None:
                 (out["total"] / tc.grad_accum).backward()
