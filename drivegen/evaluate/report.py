@@ -11,6 +11,7 @@ mIoU on the real frames, box recall >= 0.5, and both above the swapped-condition
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -99,8 +100,7 @@ def aggregate(cfg, plan: dict[str, Any], probe_info: dict[str, Any], folder: Pat
     return {
         "checkpoint": plan["checkpoint"], "checkpoint_hash": plan["checkpoint_hash"], "store": plan["store"],
         "split": cfg.split, "datasets": plan["dataset"]["datasets"], "cameras": plan["cameras"],
-        "sampler": vars(cfg.sampler) if not hasattr(cfg.sampler, "__dataclass_fields__") else
-        {k: getattr(cfg.sampler, k) for k in cfg.sampler.__dataclass_fields__},
+        "sampler": dataclasses.asdict(cfg.sampler),
         "probe": {"path": plan["probe"], "train_logs": probe_info.get("train_logs"),
                   "val_logs": probe_info.get("val_logs"), "train_frames": probe_info.get("train_frames"),
                   "stored_val_miou": (probe_info.get("val") or {}).get("miou"),

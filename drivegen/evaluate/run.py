@@ -86,14 +86,14 @@ def plan(cfg: EvaluateConfig) -> dict[str, Any]:
     except DrivegenError as exc:  # the dataset's words, with this stage's keys
         raise EvaluateConfigError(f"store={str(store)!r}, split={cfg.split!r}, datasets={datasets}: {exc} (the store "
                                   "and datasets default to the checkpoint's data.store and data.datasets)") from None
-    # Item names: the clip, and the window's first frame when a stored clip holds several windows.
+    # Item names as the store names clips, <log>__<first frame>: a stored clip's own name when it holds
+    # one window, else one name per window (sequential items of a clip follow each other, clip_length apart).
     names, seen = [], {}
     for i in range(len(ds)):
         clip = ds.metadata(i)
-        n = seen[clip["log"], clip["start_frame"]] = seen.get((clip["log"], clip["start_frame"]), -1) + 1
-        stored = int(clip.get("num_frames", ds.clip_length))
-        names.append(f"{clip['log']}__{int(clip['start_frame']) + n * ds.clip_length:06d}"
-                     if stored > ds.clip_length else ds._items[i].clip)
+        key = (clip["log"], int(clip["start_frame"]))
+        seen[key] = seen.get(key, -1) + 1
+        names.append(f"{clip['log']}__{key[1] + seen[key] * ds.clip_length:06d}")
     count = len(names) if cfg.max_clips is None else min(cfg.max_clips, len(names))
     run_name = cfg.run or f"{checkpoint.parent.name}-{checkpoint.name}"
     device = ("cuda" if cfg.device == "auto" and torch.cuda.is_available()
