@@ -34,7 +34,7 @@ from drivegen.evaluate.config import EvaluateConfig
 from drivegen.model.probe import (PROBE_CLASSES, BoxRecall, Confusion, LayoutProbe, default_probe_path,
                                   layout_classes, save_probe)
 
-__all__ = ["load_frames", "probe_path", "score_real", "train_probe"]
+__all__ = ["load_frames", "probe_path", "score_real", "split_logs", "train_probe"]
 
 
 def probe_path(cfg: EvaluateConfig, store: Path) -> Path:
@@ -46,6 +46,15 @@ def _split_datasets(store: Path, split: str) -> list[str]:
 
     root = open_root(str(store))
     return sorted({g.attrs["dataset"] for _, g in root[CLIPS].groups() if g.attrs.get("split") == split})
+
+
+def split_logs(store: Path, split: str) -> list[str]:
+    """Logs of the split's clips that have camera images (what the probe learns from or is scored on)."""
+    from drivegen.data.store import CLIPS, open_root
+
+    root = open_root(str(store))
+    return sorted({g.attrs["log"] for _, g in root[CLIPS].groups()
+                   if g.attrs.get("split") == split and g.attrs.get("has_images")})
 
 
 def load_frames(store: Path, split: str) -> dict[str, Any]:

@@ -115,15 +115,25 @@ def plan(cfg: EvaluateConfig) -> dict[str, Any]:
 
 
 def ensure_probe(cfg: EvaluateConfig, store: Path, image_size: list[int]) -> tuple[Path, dict[str, Any]]:
-    from drivegen.evaluate.probe import format_probe, probe_path, train_probe
+    from drivegen.evaluate.probe import format_probe, probe_path, split_logs, train_probe
     from drivegen.model.probe import load_probe
 
     path = probe_path(cfg, store)
+    why = None
     if not path.is_file():
+        why = "no layout probe there"
+    else:
+        # A probe trained on other logs than the store's train split now holds (the store was
+        # preprocessed again with another split) could have seen today's val logs: never reuse it.
+        _, info = load_probe(path, key="probe.path")
+        if info.get("train_logs") != split_logs(store, "train"):
+            why = (f"it was trained on logs {info.get('train_logs')}, the store's train split now holds "
+                   f"{split_logs(store, 'train')}")
+    if why is not None:
         if not cfg.probe.train:
-            raise ProbeError(f"probe.path={str(path)!r}: no layout probe there and probe.train=false; train one with "
+            raise ProbeError(f"probe.path={str(path)!r}: {why} and probe.train=false; train one with "
                              "`python -m drivegen.evaluate.probe` or set probe.train=true")
-        print(f"drivegen.evaluate: no layout probe at {path}; training one on the train split of {store}", file=sys.stderr)
+        print(f"drivegen.evaluate: probe {path}: {why}; training one on the train split of {store}", file=sys.stderr)
         _, info = train_probe(cfg, store, cfg.progress)
         print(format_probe(info, path), file=sys.stderr)
     _, info = load_probe(path, key="probe.path")

@@ -116,3 +116,22 @@ def world_folder(cfg):
     from pathlib import Path
 
     return Path(cfg.out) / cfg.run
+
+
+class TestStaleProbe:
+    """A probe trained on other logs than the store's train split holds now (it may have seen today's val
+    logs) is never reused: with probe.train=false that is an error naming the logs, else it is retrained."""
+
+    def test_probe_of_other_train_logs_is_refused(self, world, evaluated, tmp_path):
+        from drivegen.errors import ProbeError
+        from drivegen.evaluate.config import ProbeConfig
+        from drivegen.evaluate.run import run
+        from drivegen.model.probe import load_probe, save_probe
+
+        cfg, _ = evaluated
+        probe, info = load_probe(world.probe)
+        stale = tmp_path / "stale.safetensors"
+        save_probe(probe, stale, dict(info, train_logs=sorted(world.val_logs)))
+        bad = dataclasses.replace(cfg, out=str(tmp_path / "out"), probe=ProbeConfig(path=str(stale), train=False))
+        with pytest.raises(ProbeError, match=r"probe\.path=.*stale\.safetensors.*trained on logs"):
+            run(bad)
