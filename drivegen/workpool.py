@@ -3,7 +3,9 @@
 - ``RayConfig``: where the actors run (an embedded local Ray, or a cluster through ``ray.address``
   or RAY_ADDRESS) and how they recover (``max_restarts``, ``max_task_retries``: the work items must
   be idempotent, which every stage's are: each writes its output atomically and skips it when done).
-- ``init_ray``: start or join Ray once per process.
+- ``init_ray``: start or join Ray once per process. A cluster started with token authentication
+  (Ray 2.60's default for ``ray start --head``) is joined with RAY_AUTH_MODE=token in the
+  environment as well as the address (``ray.address`` or RAY_ADDRESS).
 - ``actors``: a context manager that starts N actors of a class and always kills them at the end,
   also when the driver fails or is interrupted.
 - ``map_unordered``: one item per actor at a time, the next to whichever frees up first; an actor

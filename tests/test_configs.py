@@ -24,6 +24,7 @@ from drivegen.evaluate.config import EvaluateConfig
 from drivegen.generate.config import GenerateConfig
 from drivegen.model.controlled_wan import ModelConfig
 from drivegen.model.objective import ObjectiveConfig
+from drivegen.preview.config import PreviewConfig
 from drivegen.train.config import DataConfig, TrainConfig, TrainerConfig
 
 HYDRA_KEYS = {"defaults", "hydra"}
@@ -107,6 +108,9 @@ class TestPresetsMirrorDataclasses:
     def test_evaluate_preset_mirrors_evaluate_config(self):
         _check("evaluate.yaml", EvaluateConfig())
 
+    def test_preview_preset_mirrors_preview_config(self):
+        _check("preview.yaml", PreviewConfig())
+
     @pytest.mark.parametrize("preset, cls", [("model/tiny.yaml", ModelConfig), ("data/sample.yaml", DataConfig),
                                              ("objective/default.yaml", ObjectiveConfig),
                                              ("chopgrad/default.yaml", ChopGradConfig),
@@ -144,6 +148,9 @@ class TestComposedConfigs:
 
     def test_evaluate_composes_to_its_defaults(self):
         assert compose(EvaluateConfig, "evaluate") == EvaluateConfig()
+
+    def test_preview_composes_to_its_defaults(self):
+        assert compose(PreviewConfig, "preview") == PreviewConfig()
 
     def test_train_composes_to_its_presets(self):
         cfg = compose(TrainConfig, "train")

@@ -14,6 +14,10 @@ next to it, then renamed, so a crash never leaves a half-written sample):
   keyframes (samples, annotations) at 2 Hz; `maps/expansion/boston-seaport.json` (map version 1.3;
   the devkit accepts only its four location names) and a placeholder semantic-prior PNG (the
   devkit's `map` table needs one; it is not the world's map).
+- `nuscenes-0002/`, `nuscenes-0003/` (``nuscenes_scenes``, default 3): the drive continued, one
+  dataroot per further scene of ~3.5 s (the ego ~20 m further along the road each time, the agents
+  moved on), so that a store of the sample has a held-out scene: `scene-drivegen-0003` is the val
+  split of `make train` (``SAMPLE_VAL_LOGS``).
 - `waymo/segment-<name>_with_camera_labels.tfrecord`: `dataset_pb2.Frame` records at 10 Hz, five
   cameras, laser_labels on every frame, map_features on the first frame.
 - `drivegen_sample.json`: the generator version, seed and image size; an existing folder is reused
@@ -64,6 +68,8 @@ __all__ = [
     "NUSCENES_VERSION",
     "NUSCENES_LOCATION",
     "NUSCENES_SCENE_NAME",
+    "NUSCENES_SCENES",
+    "SAMPLE_VAL_LOGS",
     "WAYMO_SEGMENT_NAME",
     "SampleLog",
     "SampleLogs",
@@ -76,6 +82,10 @@ DEFAULT_IMAGE_SIZE = (144, 256)  # 16:9 like nuScenes' 900 x 1600; keeps the sam
 NUSCENES_VERSION = "v1.0-drivegen-sample"
 NUSCENES_LOCATION = "boston-seaport"  # NuScenesMap asserts the name is one of its four locations
 NUSCENES_SCENE_NAME = "scene-drivegen-0001"
+NUSCENES_SCENES = 3  # scenes of the drive, one dataroot each (nuscenes/, nuscenes-0002/, ...)
+# Held out by `make train` (its store's val split): the last scene of the drive, and the Waymo
+# segment (another rig; training uses the nuScenes one).
+SAMPLE_VAL_LOGS = ("scene-drivegen-0003", "segment-drivegen-sample-0001_with_camera_labels")
 WAYMO_SEGMENT_NAME = "drivegen-sample-0001"
 
 _STAMP_FILE = "drivegen_sample.json"  # what made the folder: checked before reusing it
@@ -161,10 +171,18 @@ class SampleLog:
 class SampleLogs:
     root: Path
     nuscenes: SampleLog
+    """The first nuScenes scene (``nuscenes/``)."""
     waymo: SampleLog
     image_size: tuple[int, int]
     files: dict[str, int] = field(default_factory=dict)
     """Relative path -> bytes of every file under root (empty when nothing was written)."""
+    more_nuscenes: tuple[SampleLog, ...] = ()
+    """The drive's further scenes (``nuscenes-0002/``, ...)."""
+
+    @property
+    def logs(self) -> tuple[SampleLog, ...]:
+        """Every log, in ``discover_logs`` order (kind, path, name)."""
+        return (self.nuscenes, *self.more_nuscenes, self.waymo)
 
 
 @dataclass(frozen=True)
@@ -283,11 +301,15 @@ def _ego_road_layers(expansion: MapExpansion) -> None:
 
 
 def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: Tokens, write_images: bool,
-                    variant: SampleVariant) -> SampleLog:
+                    variant: SampleVariant, index: int = 0) -> SampleLog:
+    """Scene ``index`` of the drive: the first in ``nuscenes/``, each further one in its own dataroot,
+    starting where the previous one ended."""
     cameras = _nuscenes_cameras(image_hw)
     period_us = 1e6 / _NUSCENES_HZ
     u = variant.unannotated_frames  # sweeps outside the annotated span, at each end
-    frame_t = [_T0_US + int(round(i * period_us)) for i in range(-u, _NUSCENES_FRAMES + u)]
+    scene_name = f"scene-drivegen-{index + 1:04d}"
+    start = index * _NUSCENES_FRAMES
+    frame_t = [_T0_US + int(round(i * period_us)) for i in range(start - u, start + _NUSCENES_FRAMES + u)]
     cam_t = {cam.name: [t + k * _NUSCENES_CAMERA_STAGGER_US for t in frame_t] for k, cam in enumerate(cameras)}
     keyframes = tuple(u + k for k in range(0, _NUSCENES_FRAMES, _NUSCENES_KEY_EVERY))
     span = slice(u, u + _NUSCENES_FRAMES)
@@ -296,7 +318,7 @@ def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: Tokens,
     # Track n is world agent n (instance n); one unmapped 'animal' follows them (instance N).
     categories = [NUSCENES_CATEGORY[c] for c in world.classes] + ["animal"]
     instance_tokens = [tok("instance", n) for n in range(N + 1)]
-    dataroot = root / "nuscenes"
+    dataroot = root / ("nuscenes" if index == 0 else f"nuscenes-{index + 1:04d}")
 
     if write_images:
         # 1. The tables, map and placeholder prior, through the one nuScenes writer. Frames are
@@ -304,14 +326,14 @@ def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: Tokens,
         world_scene = Scene(
             cameras=cameras, map_elements=world.map_elements,
             frames=tuple(Frame(timestamp_us=t, ego_to_world=world.ego_at(t), agents=world.agents_at(t)) for t in frame_t),
-            source=SceneSource(dataset="synthetic", scene_id=NUSCENES_SCENE_NAME))
+            source=SceneSource(dataset="synthetic", scene_id=scene_name))
 
         def image_file(camera: str, i: int) -> str:
             folder = "samples" if i in keyframes else "sweeps"
             return f"{folder}/{camera}/{log_name}__{camera}__{cam_t[camera][i]}.jpg"
 
         tables = write_scene_dataroot(
-            dataroot, world_scene, version=NUSCENES_VERSION, scene_name=NUSCENES_SCENE_NAME,
+            dataroot, world_scene, version=NUSCENES_VERSION, scene_name=scene_name,
             location=NUSCENES_LOCATION, keyframe_every=_NUSCENES_KEY_EVERY,
             description="drivegen synthetic city, seed %d" % seed, image_file=image_file, image_hw=tuple(image_hw),
             moving_mps=0.1, tokens=tok,
@@ -331,8 +353,9 @@ def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: Tokens,
             frames = tuple(Frame(timestamp_us=t, ego_to_world=world.ego_at(t), agents=world.agents_at(t))
                            for t in cam_t[cam.name])
             cam_scene = Scene(cameras=(cam,), frames=frames, map_elements=world.map_elements,
-                              source=SceneSource(dataset="synthetic", scene_id=NUSCENES_SCENE_NAME))
-            jpegs = _render_jpegs(cam_scene, image_hw, seed, f"nuscenes/{cam.name}")
+                              source=SceneSource(dataset="synthetic", scene_id=scene_name))
+            tag = f"nuscenes/{cam.name}" if index == 0 else f"nuscenes/{scene_name}/{cam.name}"
+            jpegs = _render_jpegs(cam_scene, image_hw, seed, tag)
             cs_token = tok("calibrated_sensor", cam.name)
             cam_records = [r for r in tables["sample_data"] if r["calibrated_sensor_token"] == cs_token]
             for i, sd in enumerate(cam_records):
@@ -352,10 +375,10 @@ def _write_nuscenes(root: Path, world: _World, image_hw, seed: int, tok: Tokens,
         f"no map expansion {str(expansion)!r} for location {NUSCENES_LOCATION!r}: map channels are empty; "
         f"unpack nuScenes-map-expansion (v1.3 or later) into {str(expansion.parent)!r}")
     scene = Scene(cameras=cameras, frames=frames, map_elements=world.map_elements if variant.nuscenes_map else (),
-                  source=SceneSource(dataset="nuscenes", scene_id=NUSCENES_SCENE_NAME,
+                  source=SceneSource(dataset="nuscenes", scene_id=scene_name,
                                      unmapped_classes={"animal": len(keyframes)}))
     return SampleLog(
-        ref=LogRef(kind="nuscenes", path=str(dataroot), name=NUSCENES_SCENE_NAME, version=NUSCENES_VERSION),
+        ref=LogRef(kind="nuscenes", path=str(dataroot), name=scene_name, version=NUSCENES_VERSION),
         scene=scene, track_keys=tuple(instance_tokens[:N]),
         world_classes={instance_tokens[n]: world.classes[n] for n in range(N)},
         keyframes=tuple(k - u for k in keyframes), unmapped={"animal": len(keyframes)}, world_map=world.map_elements,
@@ -514,9 +537,10 @@ def _write_waymo(root: Path, world: _World, image_hw, seed: int, tok: Tokens, wr
 # ---------------------------------------------------------------------------------------------
 
 
-def _build(root: Path, image_hw, seed: int, write: bool, variant: SampleVariant) -> tuple[SampleLog, SampleLog]:
+def _build(root: Path, image_hw, seed: int, write: bool, variant: SampleVariant,
+           scenes: int) -> tuple[list[SampleLog], SampleLog]:
     world, tok = _World.build(seed), Tokens(seed)
-    return (_write_nuscenes(root, world, image_hw, seed, tok, write, variant),
+    return ([_write_nuscenes(root, world, image_hw, seed, tok, write, variant, index=i) for i in range(scenes)],
             _write_waymo(root, world, image_hw, seed, tok, write, variant))
 
 
@@ -526,20 +550,26 @@ def generate_sample_logs(
     seed: int = 0,
     force: bool = False,
     variant: SampleVariant | None = None,
+    nuscenes_scenes: int = NUSCENES_SCENES,
 ) -> SampleLogs:
     """Write the sample logs under `out` (unless present and not `force`); return the truth.
 
     Atomic: everything is written into a temporary sibling folder, which then replaces `out`.
     An existing `out` is reused only if its stamp file says it was made with the same seed, image
     size and variant (else StoreError: pass force=True). `variant` (tests) writes logs with what
-    the pipeline must drop and report; the default is the bundled sample.
+    the pipeline must drop and report; the default is the bundled sample. `nuscenes_scenes`: scenes
+    of the drive written (tests that need one log pass 1).
     """
     out = Path(out)
     H, W = (int(s) for s in image_size)
     if H < 16 or W < 16:
         raise DrivegenError(f"image_size = {tuple(image_size)!r} is too small to draw anything; pass H, W >= 16")
     variant = variant or SampleVariant()
+    if not (isinstance(nuscenes_scenes, int) and nuscenes_scenes >= 1):
+        raise DrivegenError(f"nuscenes_scenes = {nuscenes_scenes!r}; expected an int >= 1")
     stamp = {"generator": _STAMP_VERSION, "seed": int(seed), "image_size": [H, W]}
+    if nuscenes_scenes != 1:  # a one-scene sample keeps the stamp it always had
+        stamp["nuscenes_scenes"] = nuscenes_scenes
     if variant != SampleVariant():  # the default stamp stays as it was
         stamp["variant"] = dataclasses.asdict(variant)
     present = out.exists() and any(out.iterdir())
@@ -554,12 +584,12 @@ def generate_sample_logs(
                 f"{str(out)!r} holds files not written by drivegen.data.sample_data with {stamp} (its "
                 f"{_STAMP_FILE}: {found}); pass --force (force=True) to rewrite it, or choose another --out"
             )
-        nus, way = _build(out, (H, W), seed, write=False, variant=variant)
+        nus, way = _build(out, (H, W), seed, write=False, variant=variant, scenes=nuscenes_scenes)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         try:
-            _build(tmp, (H, W), seed, write=True, variant=variant)
+            _build(tmp, (H, W), seed, write=True, variant=variant, scenes=nuscenes_scenes)
             (tmp / _STAMP_FILE).write_text(json.dumps(stamp, sort_keys=True) + "\n")
             if out.exists():
                 shutil.rmtree(out)
@@ -568,9 +598,10 @@ def generate_sample_logs(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         # Refs and truth name the final paths, not the temporary ones.
-        nus, way = _build(out, (H, W), seed, write=False, variant=variant)
+        nus, way = _build(out, (H, W), seed, write=False, variant=variant, scenes=nuscenes_scenes)
     files = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
-    return SampleLogs(root=out, nuscenes=nus, waymo=way, image_size=(H, W), files=files)
+    return SampleLogs(root=out, nuscenes=nus[0], waymo=way, image_size=(H, W), files=files,
+                      more_nuscenes=tuple(nus[1:]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -589,9 +620,10 @@ def main(argv: list[str] | None = None) -> int:
     verb = "kept existing (pass --force to rewrite)" if existed and not args.force else "wrote"
     total = sum(logs.files.values())
     print(f"{verb} {logs.root}: {len(logs.files)} files, {total / 1e6:.2f} MB")
-    for label, log in (("nuScenes", logs.nuscenes), ("Waymo", logs.waymo)):
+    for log in logs.logs:
+        label = "nuScenes" if log.ref.kind == "nuscenes" else "Waymo"
         prefix = str(Path(log.ref.path).relative_to(logs.root)).split(os.sep)[0]
-        size = sum(v for k, v in logs.files.items() if k.startswith(prefix))
+        size = sum(v for k, v in logs.files.items() if k.split(os.sep)[0] == prefix)
         print(f"  {label}: {log.ref.path} ({log.ref.name}): {len(log.scene.frames)} frames x "
               f"{len(log.scene.cameras)} cameras, {size / 1e6:.2f} MB")
     return 0

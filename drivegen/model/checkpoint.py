@@ -43,7 +43,7 @@ from drivegen.errors import CheckpointError
 from drivegen.model.controlled_wan import ControlledWan, ModelConfig, apply_lora
 
 __all__ = ["LATEST", "MANIFEST", "Trained", "checkpoint_digest", "find_latest", "flatten_optimizer", "load_tensors",
-           "load_trained", "read_metadata", "resolve", "save_checkpoint", "unflatten_optimizer"]
+           "load_trained", "read_metadata", "remove_checkpoints", "resolve", "save_checkpoint", "unflatten_optimizer"]
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -124,6 +124,17 @@ def save_checkpoint(out: str | Path, step: int, write: Callable[[Path], None], k
                 os.replace(folder, doomed)
                 shutil.rmtree(doomed, ignore_errors=True)
     return final
+
+
+def remove_checkpoints(out: str | Path) -> None:
+    """Remove every checkpoint of the run folder ``out`` (``trainer.overwrite``: a fresh run must not
+    resume the old run's later steps). Each folder is renamed out of the way first, then deleted."""
+    out = Path(out)
+    for old_step, folder in sorted(_complete(out).items()):
+        doomed = out / f".{_name(old_step)}.{uuid.uuid4().hex[:8]}.partial"
+        os.replace(folder, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    (out / LATEST).unlink(missing_ok=True)
 
 
 def find_latest(out: str | Path) -> Path | None:

@@ -149,6 +149,16 @@ class ModelConfig:
     """Largest latent frame count the box-token frame embedding supports."""
     num_text_tokens: int = 1
     """Learned null tokens used in place of text when no text embeddings are given."""
+    control_input: bool = False
+    """Also feed the control (``control_hidden_states``: control-video latents + pooled layout) to
+    the main stream at full strength: a second patch embedding of it is added to the noisy latents'
+    own (``ControlPatchEmbedding``, as Wan I2V concatenates its image channels), without touching
+    the pretrained ``patch_embedding`` weights. The VACE branch alone adds its hint after a block,
+    through a residual a tiny model learns to use only slowly; the tiny default turns this on."""
+    vae: Optional[str] = None
+    """The VAE when ``pretrained`` is null: a local diffusers AutoencoderKLWan folder (e.g. one
+    fitted to a store's training frames by ``python -m drivegen.model.fit_vae``), or null (a
+    randomly initialised tiny VAE whose decoder the pixel loss trains)."""
     train_decoder: bool = False
     """Fine-tune the VAE decoder through the ChopGrad pixel loss (the encoder stays frozen). The
     tiny default turns it on: its VAE is random, so only a trained decoder turns latents into
@@ -163,6 +173,26 @@ class ModelConfig:
                              f"model.num_layers={self.num_layers}")
 
 
+class ControlPatchEmbedding(nn.Module):
+    """Wan's patch embedding of the noisy latents plus a patch embedding of the control, summed.
+
+    Input (B, C + Cc, T, h, w): the control concatenated after the latent channels. Zero-initialised
+    when it wraps pretrained weights, so the model starts exactly as the pretrained one."""
+
+    def __init__(self, base: nn.Conv3d, control_channels: int, zero_init: bool = False) -> None:
+        super().__init__()
+        self.base = base
+        self.control = nn.Conv3d(control_channels, base.out_channels, kernel_size=base.kernel_size,
+                                 stride=base.stride)
+        if zero_init:
+            nn.init.zeros_(self.control.weight)
+            nn.init.zeros_(self.control.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.base.in_channels
+        return self.base(x[:, :c]) + self.control(x[:, c:].to(self.control.weight.dtype))
+
+
 class ControlledWan(nn.Module):
     """Wan VACE transformer conditioned on layout (control branch), boxes and cameras (context)."""
 
@@ -175,6 +205,10 @@ class ControlledWan(nn.Module):
             in_channels=config.latent_channels, out_channels=config.latent_channels, text_dim=d,
             ffn_dim=config.ffn_dim, num_layers=config.num_layers, vace_layers=list(config.vace_layers),
             vace_in_channels=config.latent_channels + config.layout_channels)
+        if config.control_input:
+            self.transformer.patch_embedding = ControlPatchEmbedding(
+                self.transformer.patch_embedding, self.transformer.config.vace_in_channels,
+                zero_init=transformer is not None)
         self.boxes = BoxEmbedding(d, config.num_box_classes, config.num_box_params, config.max_cameras,
                                   config.max_latent_frames)
         self.cameras = CameraEmbedding(d)
@@ -197,8 +231,11 @@ class ControlledWan(nn.Module):
         if k > self.config.max_cameras:
             raise ConfigError(f"{k} cameras exceed model.max_cameras={self.config.max_cameras}")
         dtype = next(self.transformer.parameters()).dtype
+        hidden = latents_BKCThw
+        if self.config.control_input:  # the control, channel-concatenated: see ControlPatchEmbedding
+            hidden = torch.cat([latents_BKCThw, control_BKCThw.to(latents_BKCThw)], dim=2)
         out = self.transformer(
-            hidden_states=tile_cameras(latents_BKCThw).to(dtype),
+            hidden_states=tile_cameras(hidden).to(dtype),
             timestep=timestep_B,
             encoder_hidden_states=self.context(cond, image_hw).to(dtype),
             control_hidden_states=tile_cameras(control_BKCThw).to(dtype),
@@ -232,7 +269,8 @@ def apply_lora(model: ControlledWan, rank: int) -> list[str]:
                                              init_lora_weights=True))  # B = 0: starts as the base model
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name or not name.startswith("transformer.")
-                         or name.startswith("transformer.vace_patch_embedding."))
+                         or name.startswith("transformer.vace_patch_embedding.")
+                         or name.startswith("transformer.patch_embedding.control."))
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 

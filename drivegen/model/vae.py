@@ -1,7 +1,8 @@
 """The VAE (and optionally the transformer) a run starts from.
 
-- ``tiny_vae``: the randomly initialised Wan 2.1-layout VAE of the embedded default, its latent
-  statistics fitted to the data.
+- ``tiny_vae``: the randomly initialised Wan 2.1-layout VAE, its latent statistics fitted to the data.
+- ``load_vae``: the VAE ``model.vae`` names: a local AutoencoderKLWan folder (for instance one
+  fitted to a store's training frames by ``python -m drivegen.model.fit_vae``), or null (``tiny_vae``).
 - ``load_pretrained``: a transformer and VAE from a local diffusers-format folder (never downloaded).
 """
 
@@ -13,7 +14,33 @@ import torch
 
 from drivegen.errors import ConfigError
 
-__all__ = ["load_pretrained", "tiny_vae"]
+__all__ = ["fit_latent_stats", "load_pretrained", "load_vae", "tiny_vae"]
+
+
+def fit_latent_stats(vae, data, clips: int = 8):
+    """Per-channel latent mean and std over a few clips of ``data`` into ``vae.config`` (what
+    ``drivegen.model.objective.LatentSpace`` normalises with)."""
+    with torch.no_grad():
+        z = torch.cat([vae.encode(data[i]["images"].permute(1, 2, 0, 3, 4)).latent_dist.mode()
+                       for i in range(min(clips, len(data)))])  # (N*K, C, t, h, w)
+    vae.register_to_config(latents_mean=z.mean(dim=(0, 2, 3, 4)).tolist(),
+                           latents_std=z.std(dim=(0, 2, 3, 4)).clamp_min(1e-6).tolist())
+    return vae
+
+
+def load_vae(name: str | None, data=None, key: str = "model.vae"):
+    """The VAE ``model.vae`` names (see the module doc), its latent statistics fitted to ``data``."""
+    if name is None:
+        return tiny_vae(data)
+    from diffusers import AutoencoderKLWan
+
+    folder = Path(name).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"{key}={name!r}: no VAE at {str(folder)!r} (config.json missing); set {key} to a local "
+                          "AutoencoderKLWan folder (diffusers save_pretrained layout) or null for a "
+                          "random tiny VAE; `python -m drivegen.model.fit_vae` fits one on a store")
+    vae = AutoencoderKLWan.from_pretrained(folder, local_files_only=True).requires_grad_(False)
+    return fit_latent_stats(vae, data) if data is not None else vae
 
 
 def tiny_vae(data=None, clips: int = 8):
@@ -26,13 +53,7 @@ def tiny_vae(data=None, clips: int = 8):
     from chopgrad_core.tiny import tiny_wan21
 
     vae = tiny_wan21().requires_grad_(False)
-    if data is not None:
-        with torch.no_grad():
-            z = torch.cat([vae.encode(data[i]["images"].permute(1, 2, 0, 3, 4)).latent_dist.mode()
-                           for i in range(min(clips, len(data)))])  # (N*K, C, t, h, w)
-        vae.register_to_config(latents_mean=z.mean(dim=(0, 2, 3, 4)).tolist(),
-                               latents_std=z.std(dim=(0, 2, 3, 4)).clamp_min(1e-6).tolist())
-    return vae
+    return fit_latent_stats(vae, data, clips) if data is not None else vae
 
 
 def load_pretrained(folder: str, key: str = "model.pretrained"):

@@ -31,7 +31,10 @@ class DataConfig:
     """Frames per training clip: 1 + 4k (the Wan VAE's temporal compression)."""
     datasets: Optional[list[str]] = field(default_factory=lambda: ["nuscenes"])
     """Source datasets to train on (one camera rig per run)."""
-    val_logs: Optional[list[str]] = field(default_factory=lambda: ["segment-drivegen-sample-0001_with_camera_labels"])
+    # The sample world's held-out logs (drivegen.data.sample_data.SAMPLE_VAL_LOGS; tests/test_configs.py
+    # keeps the two equal), written out so that this config does not import the sample world's writers.
+    val_logs: Optional[list[str]] = field(default_factory=lambda: ["scene-drivegen-0003",
+                                                                   "segment-drivegen-sample-0001_with_camera_labels"])
     """When the trainer preprocesses ``logs`` itself: the logs held out as the val split
     (``split.val_logs`` of preprocessing); null: preprocessing's ``split.val_fraction`` decides."""
     split: Optional[str] = "train"

@@ -22,13 +22,14 @@ from chopgrad_core.video import mosaic, to_uint8, write_mp4
 from drivegen.data.dataset import ClipDataset
 from drivegen.data.preprocess import ClipConfig, ConditionsConfig, PreprocessConfig, SplitConfig
 from drivegen.data.preprocess import run as preprocess_logs
+from drivegen.data.store import consolidated_clips
 from drivegen.errors import DrivegenError, TrainConfigError
 from drivegen.model import checkpoint as ckpt
 from drivegen.model.conditioning import prepare
 from drivegen.model.controlled_wan import ControlledWan, apply_lora
 from drivegen.model.objective import LatentSpace, losses
 from drivegen.model.sampler import sample_latents
-from drivegen.model.vae import load_pretrained, tiny_vae
+from drivegen.model.vae import load_pretrained, load_vae
 from drivegen.train.config import TrainConfig
 from drivegen.train import parallel
 from drivegen.train.control_gap import control_gap
@@ -42,7 +43,9 @@ from drivegen.train.control_gap import control_gap
 def ensure_store(cfg: TrainConfig) -> Path:
     """The clip store, made from the logs (and the logs from the sample world) when missing."""
     store = Path(cfg.data.store)
-    if (store / "zarr.json").is_file():
+    # A store is finished once its metadata is consolidated; a first run that was killed left none,
+    # and preprocessing it again resumes it (finished clips are kept).
+    if (store / "zarr.json").is_file() and consolidated_clips(store) is not None:
         return store
     logs = Path(cfg.data.logs)
     if not logs.exists():
@@ -116,7 +119,7 @@ class Trainer:
             except DrivegenError as exc:
                 self.log(f"no validation loss (trainer.val_every={tc.val_every}): {exc}")
         transformer, vae = (load_pretrained(cfg.model.pretrained) if cfg.model.pretrained
-                            else (None, tiny_vae(self.data)))
+                            else (None, load_vae(cfg.model.vae, self.data)))
         self.vae = vae.requires_grad_(False).to(self.device)
         if cfg.model.train_decoder:  # the pixel loss reaches these through chopgrad_core.pixel_loss
             self.vae.decoder.requires_grad_(True)
@@ -157,7 +160,9 @@ class Trainer:
         elif latest is not None and not tc.overwrite:
             raise TrainConfigError(f"trainer.out={tc.out!r} already holds {latest.name} from an earlier run; set "
                                    "trainer.resume=auto to continue it, trainer.overwrite=true to start over "
-                                   "(its checkpoints are replaced as this run saves), or another trainer.out")
+                                   "(its checkpoints are removed first), or another trainer.out")
+        elif latest is not None:  # overwrite: the old run's checkpoints go, or resume=auto would find them later
+            ckpt.remove_checkpoints(self.out)
 
     def batches(self):
         """Batches from ``self.step`` on: the order is a function of (seed, epoch), so a resumed

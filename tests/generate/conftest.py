@@ -36,7 +36,7 @@ def logs(tmp_path_factory) -> Path:
     from drivegen.data.sample_data import generate_sample_logs
 
     root = tmp_path_factory.mktemp("generate")
-    generate_sample_logs(root / "logs")
+    generate_sample_logs(root / "logs", nuscenes_scenes=1)
     return root / "logs"
 
 

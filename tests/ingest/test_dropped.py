@@ -16,7 +16,7 @@ KINDS = ("nuscenes", "waymo")
 
 @pytest.fixture(scope="module")
 def variant_logs(tmp_path_factory):
-    return generate_sample_logs(tmp_path_factory.mktemp("variant") / "sample", image_size=(32, 48), variant=VARIANT)
+    return generate_sample_logs(tmp_path_factory.mktemp("variant") / "sample", image_size=(32, 48), variant=VARIANT, nuscenes_scenes=1)
 
 
 class TestDropped:

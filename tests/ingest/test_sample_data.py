@@ -85,35 +85,68 @@ class TestGeneration:
         assert 0.5e6 < total < 6e6, total
 
     def test_same_seed_gives_identical_bytes(self, tmp_path):
-        a = generate_sample_logs(tmp_path / "a", image_size=(36, 64), seed=3)
-        b = generate_sample_logs(tmp_path / "b", image_size=(36, 64), seed=3)
+        a = generate_sample_logs(tmp_path / "a", image_size=(36, 64), seed=3, nuscenes_scenes=1)
+        b = generate_sample_logs(tmp_path / "b", image_size=(36, 64), seed=3, nuscenes_scenes=1)
         assert a.files == b.files
         for rel in a.files:
             assert (a.root / rel).read_bytes() == (b.root / rel).read_bytes(), rel
-        c = generate_sample_logs(tmp_path / "c", image_size=(36, 64), seed=4)
+        c = generate_sample_logs(tmp_path / "c", image_size=(36, 64), seed=4, nuscenes_scenes=1)
         assert any((a.root / r).read_bytes() != (c.root / r).read_bytes() for r in a.files if r in c.files)
         assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]  # temp folders renamed away
 
     def test_existing_output_is_kept_unless_forced(self, tmp_path):
         out = tmp_path / "s"
-        generate_sample_logs(out, image_size=(36, 64))
+        generate_sample_logs(out, image_size=(36, 64), nuscenes_scenes=1)
         marker = out / "nuscenes" / NUSCENES_VERSION / "scene.json"
         marker.write_text("[]")
-        generate_sample_logs(out, image_size=(36, 64))
+        generate_sample_logs(out, image_size=(36, 64), nuscenes_scenes=1)
         assert marker.read_text() == "[]"
-        generate_sample_logs(out, image_size=(36, 64), force=True)
+        generate_sample_logs(out, image_size=(36, 64), force=True, nuscenes_scenes=1)
         assert marker.read_text() != "[]"
 
     def test_existing_output_from_other_arguments_is_refused(self, tmp_path):
         out = tmp_path / "s"
-        generate_sample_logs(out, image_size=(36, 64), seed=1)
+        generate_sample_logs(out, image_size=(36, 64), seed=1, nuscenes_scenes=1)
         with pytest.raises(StoreError, match="--force"):
-            generate_sample_logs(out, image_size=(36, 64), seed=2)
+            generate_sample_logs(out, image_size=(36, 64), seed=2, nuscenes_scenes=1)
         (tmp_path / "other").mkdir()
         (tmp_path / "other" / "notes.txt").write_text("mine")
         with pytest.raises(StoreError, match="not written by drivegen.data.sample_data"):
-            generate_sample_logs(tmp_path / "other", image_size=(36, 64))
+            generate_sample_logs(tmp_path / "other", image_size=(36, 64), nuscenes_scenes=1)
 
     def test_too_small_image_size_is_rejected(self, tmp_path):
         with pytest.raises(DrivegenError, match="image_size"):
-            generate_sample_logs(tmp_path / "x", image_size=(4, 8))
+            generate_sample_logs(tmp_path / "x", image_size=(4, 8), nuscenes_scenes=1)
+
+
+class TestSampleDrive:
+    """The default sample is a drive of several nuScenes scenes (one dataroot each, continuing where
+    the last one ended) plus a Waymo segment, so a store of it has a held-out val scene."""
+
+    def test_default_sample_has_scenes_for_a_val_split(self, tmp_path):
+        from drivegen.data.ingest import discover_logs
+        from drivegen.data.preprocess import SplitConfig
+        from drivegen.data.sample_data import NUSCENES_SCENES, SAMPLE_VAL_LOGS
+
+        logs = generate_sample_logs(tmp_path / "s", image_size=(32, 48))
+        refs = discover_logs(logs.root)
+        assert refs == [log.ref for log in logs.logs]
+        nus = [r.name for r in refs if r.kind == "nuscenes"]
+        assert len(nus) == NUSCENES_SCENES >= 3
+        split = SplitConfig(val_logs=list(SAMPLE_VAL_LOGS))
+        sides = {r.name: split.split_of(r.name) for r in refs}
+        assert sum(sides[n] == "train" for n in nus) >= 2 and sum(sides[n] == "val" for n in nus) >= 1
+        # consecutive scenes: the next one starts after the last frame of the one before
+        t = [log.scene.frames[0].timestamp_us for log in (logs.nuscenes, *logs.more_nuscenes)]
+        ends = [log.scene.frames[-1].timestamp_us for log in (logs.nuscenes, *logs.more_nuscenes)]
+        assert all(b > e for b, e in zip(t[1:], ends[:-1]))
+
+    def test_val_fraction_split_is_stable_and_proportional(self):
+        from drivegen.data.preprocess import SplitConfig
+
+        names = [f"scene-{i:04d}" for i in range(400)]
+        split = SplitConfig(val_fraction=0.25)
+        first = [split.split_of(n) for n in names]
+        assert first == [SplitConfig(val_fraction=0.25).split_of(n) for n in names]  # no per-process salt
+        assert 0.18 < first.count("val") / len(names) < 0.32
+        assert all(SplitConfig(val_fraction=0.0).split_of(n) == "train" for n in names)

@@ -23,7 +23,7 @@ def sample_logs(root: Path) -> dict:
     from drivegen.data.sample_data import generate_sample_logs
 
     good = root / "good"
-    generate_sample_logs(good)
+    generate_sample_logs(good, nuscenes_scenes=1)
     refs = discover_logs(good)
     waymo = next(r for r in refs if r.kind == "waymo")
     # A corrupt copy: same segment, another name, bytes flipped in the middle of the file.
@@ -62,6 +62,7 @@ class _CrashOnce:
     def __init__(self, reader, marker: str, after: int):
         self._reader, self._marker, self._after, self._reads = reader, marker, after, 0
         self.ref, self.scene, self.has_images = reader.ref, reader.scene, reader.has_images
+        self.dropped = getattr(reader, "dropped", None)  # what the reader left out, reported as usual
 
     def image(self, camera: str, frame: int) -> np.ndarray:
         self._reads += 1

@@ -28,8 +28,8 @@ def preprocessed(tmp_path_factory):
     import ray
 
     root = tmp_path_factory.mktemp("report")
-    default = generate_sample_logs(root / "default", image_size=(32, 56))
-    variant = generate_sample_logs(root / "variant", image_size=(32, 56), variant=VARIANT)
+    default = generate_sample_logs(root / "default", image_size=(32, 56), nuscenes_scenes=1)
+    variant = generate_sample_logs(root / "variant", image_size=(32, 56), variant=VARIANT, nuscenes_scenes=1)
     refs = [r for r in discover_logs(root / "default") if r.kind == "nuscenes"]
     refs += [r for r in discover_logs(root / "variant") if r.kind == "waymo"]
     if ray.is_initialized():

@@ -42,7 +42,7 @@ WAYMO_GRID = (("SIDE_LEFT", "FRONT_LEFT", "FRONT", "FRONT_RIGHT", "SIDE_RIGHT"),
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
-    return generate_sample_logs(tmp_path_factory.mktemp("preview") / "sample", image_size=HW)
+    return generate_sample_logs(tmp_path_factory.mktemp("preview") / "sample", image_size=HW, nuscenes_scenes=1)
 
 
 def _tiles_height(rows: int) -> int:

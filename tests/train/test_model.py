@@ -110,3 +110,39 @@ class TestObjective:
             opt.step()
             history.append(float(out["flow"]))
         assert sum(history[-5:]) / 5 < 0.8 * sum(history[:5]) / 5
+
+
+class TestControlInput:
+    """model.control_input: the control also enters the main stream through a second patch
+    embedding; wrapping pretrained weights it starts at zero, so the model equals the pretrained
+    one until trained; LoRA keeps it trainable."""
+
+    def test_control_input_changes_the_output_and_keeps_shapes(self):
+        torch.manual_seed(0)
+        m = ControlledWan(ModelConfig(control_input=True))
+        x, control, cond = make_batch()
+        t = torch.tensor([500])
+        out = m(x, t, control, cond, (32, 48))
+        assert out.shape == x.shape
+        assert not torch.allclose(out, m(x, t, control + 1.0, cond, (32, 48)))
+
+    def test_zero_initialised_on_pretrained_weights(self):
+        torch.manual_seed(0)
+        base = ControlledWan(ModelConfig())
+        pretrained = WanVACETransformer3DModel.from_config(base.transformer.config)
+        pretrained.load_state_dict(base.transformer.state_dict())
+        wrapped = ControlledWan(ModelConfig(control_input=True), pretrained)
+        wrapped.boxes.load_state_dict(base.boxes.state_dict())
+        wrapped.cameras.load_state_dict(base.cameras.state_dict())
+        wrapped.null_text.data.copy_(base.null_text.data)
+        x, control, cond = make_batch()
+        t = torch.tensor([500])
+        assert torch.allclose(wrapped(x, t, control, cond, (32, 48)), base(x, t, control, cond, (32, 48)), atol=1e-6)
+
+    def test_lora_keeps_the_control_embedding_trainable(self):
+        from drivegen.model.controlled_wan import apply_lora
+
+        m = ControlledWan(ModelConfig(control_input=True))
+        trainable = apply_lora(m, 2)
+        assert any(n.startswith("transformer.patch_embedding.control.") for n in trainable)
+        assert not any(n.startswith("transformer.patch_embedding.base.") for n in trainable)

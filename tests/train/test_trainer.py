@@ -16,7 +16,7 @@ from drivegen.errors import ConfigError, TrainConfigError
 def store(tmp_path_factory):
     """Sample logs and a 32x48 clip store, made once: the trainer's own ensure_store builds it."""
     root = tmp_path_factory.mktemp("train")
-    generate_sample_logs(root / "logs")
+    generate_sample_logs(root / "logs", nuscenes_scenes=1)
     data = DataConfig(logs=str(root / "logs"), store=str(root / "clips.zarr"), image_size=[32, 48])
     from drivegen.train.trainer import ensure_store
 
@@ -61,7 +61,7 @@ class TestTrainer:
 
     def test_sample_world_trains_and_writes_outputs(self, tmp_path):
         logs = tmp_path / "logs"
-        generate_sample_logs(logs)
+        generate_sample_logs(logs, nuscenes_scenes=1)
         cfg = TrainConfig(
             data=DataConfig(logs=str(logs), store=str(tmp_path / "clips.zarr"), image_size=[32, 48]),
             trainer=TrainerConfig(steps=30, lr=3e-3, out=str(tmp_path / "out"), sample_steps=2),
@@ -169,3 +169,40 @@ class TestLoraAndLogs:
         for k, v in model.state_dict().items():
             assert torch.equal(v, after[k]), k
         assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+class TestFittedVae:
+    """python -m drivegen.model.fit_vae fits a VAE on the store's train split (reconstruction error
+    falls) and model.vae trains with it; a missing folder names the key."""
+
+    def test_fit_then_train_with_it(self, store, tmp_path):
+        from drivegen.model.controlled_wan import ModelConfig
+        from drivegen.model.fit_vae import main as fit_main
+
+        assert fit_main(["--store", store.store, "--out", str(tmp_path / "vae"), "--steps", "6", "--lr", "5e-3"]) == 0
+        assert (tmp_path / "vae" / "config.json").is_file()
+        cfg = TrainConfig(data=store, model=ModelConfig(vae=str(tmp_path / "vae")),
+                          trainer=TrainerConfig(steps=1, out=str(tmp_path / "out"), sample_steps=0, tensorboard=False))
+        trainer = Trainer(cfg)
+        assert trainer.vae.config.base_dim == 8
+        trainer.train()
+
+    def test_fit_lowers_reconstruction_error(self, store):
+        import torch
+        from diffusers import AutoencoderKLWan
+
+        from drivegen.data.dataset import ClipDataset
+        from drivegen.model.fit_vae import fit_vae
+
+        torch.manual_seed(0)
+        vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
+        stats = fit_vae(vae, ClipDataset(store.store, datasets=["nuscenes"], split="train"), 12, lr=5e-3, show=False)
+        assert stats["l1_last"] < stats["l1_first"]
+
+    def test_missing_vae_folder_names_the_key(self, store, tmp_path):
+        from drivegen.model.controlled_wan import ModelConfig
+
+        cfg = TrainConfig(data=store, model=ModelConfig(vae=str(tmp_path / "none")),
+                          trainer=TrainerConfig(steps=1, out=str(tmp_path / "out")))
+        with pytest.raises(ConfigError, match=r"model.vae=.*config.json"):
+            Trainer(cfg)
