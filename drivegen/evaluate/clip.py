@@ -36,7 +36,7 @@ import torch
 import chopgrad_core
 from chopgrad_core.atomic import save_safetensors, write_json, write_png
 from chopgrad_core.video import mosaic, to_uint8
-from drivegen.errors import ProbeError, WeightsFileError
+from drivegen.errors import WeightsFileError
 from drivegen.evaluate.config import EvaluateConfig
 from drivegen.model.checkpoint import load_trained
 from drivegen.model.conditioning import prepare_conditions
