@@ -117,10 +117,12 @@ def map_unordered(pool: Sequence[Any], items: Iterable[Any], call: Callable[[Any
 
 
 def reason(exc: BaseException) -> str:
-    """``Type: message`` of a failure, as every report and summary shows it. Errors that carry a
-    short ``reason`` of their own (drivegen.errors.LogError) give that instead of the full text."""
+    """``Type: message`` of a failure, as every report and summary shows it. An error about a log
+    (drivegen.errors.LogError, which carries ``log`` and a short ``reason``) gives the short reason:
+    its report row names the log already. Every other error gives its whole message (a
+    ScenarioError's names the scenario, the agent and the field)."""
     own = getattr(exc, "reason", None)
-    text = own if isinstance(own, str) else str(exc)
+    text = own if isinstance(own, str) and hasattr(exc, "log") else str(exc)
     return f"{type(exc).__name__}: {text}"
 
 

@@ -74,6 +74,8 @@ SIZES = {
     "chopgrad_core.heads.restore": [],
     "conditions.preview": [],
     "drivegen.preview": ["image_size=[48,80]"],
+    "drivegen.evaluate": ["sampler.steps=2", "probe.steps=5", "max_clips=2"],
+    "drivegen.evaluate.probe": ["probe.steps=5"],
 }
 
 # README's <name> placeholders and the value each stands for here.
