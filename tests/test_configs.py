@@ -5,7 +5,7 @@ exactly the dataclass's keys (no YAML-only key, none missing), and every value e
 dataclass default unless this file lists the key with the reason the preset gives in a comment.
 Composing each entry point through Hydra (with its registered schema) gives the same checked
 dataclass, and a value of the wrong type fails naming the key. (The heads' finetune presets have
-their own test in tests/heads/test_configs.py.)
+their own test in tests/heads/test_head_configs.py.)
 """
 
 from __future__ import annotations

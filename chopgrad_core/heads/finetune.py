@@ -21,7 +21,7 @@ Hydra's ConfigStore as structured configs: ``finetune_schema`` (:class:`Finetune
 so Hydra rejects an unknown key or a value of the wrong type naming the key, and the dataclasses'
 ``__post_init__`` checks run when the composed config becomes a :class:`FinetuneConfig`
 (:func:`from_hydra`). The presets' values equal the dataclass defaults unless a comment there says
-why (``tests/heads/test_configs.py``). ``HeadModelConfig`` and ``HeadConfig`` live in
+why (``tests/heads/test_head_configs.py``). ``HeadModelConfig`` and ``HeadConfig`` live in
 ``chopgrad_core.heads.restoration``, ``HeadDataConfig`` in ``chopgrad_core.heads.data``,
 ``ChopGradConfig`` in ``chopgrad_core.config``.
 """

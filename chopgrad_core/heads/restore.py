@@ -8,7 +8,7 @@ frames. Frames whose size is not a multiple of the model's are padded (edge repl
 cropped back. The output folder is checked for write access before the model is loaded; the mp4 is
 written atomically (``chopgrad_core.video.Mp4Writer``).
 
-Options (one per keyword argument of :func:`restore_video`; ``tests/heads/test_configs.py``
+Options (one per keyword argument of :func:`restore_video`; ``tests/heads/test_head_configs.py``
 checks the parser, this list and the README against each other):
 
 - ``checkpoint``: ``head.safetensors`` written by ``python -m chopgrad_core.heads.finetune``;
