@@ -4,7 +4,7 @@ Named scenarios (``--scenario``):
 
 - ``cpu-small``: a small Wan 2.1 VAE on the CPU; peak RSS per case in a fresh subprocess.
 - ``h100-anchor``: the full-size Wan 2.1 VAE (default config, 127 M parameters, random weights),
-  bf16, 480x832, L1 on every frame, gradient to the latents (DESIGN.md section 3). Peak is
+  bf16, 480x832, L1 on every frame, gradient to the latents. Peak is
   ``torch.cuda.max_memory_allocated`` above what was allocated before the call (model, latents
   and target), so it is the loss's own working memory.
 - ``model-480p``: the ``h100-anchor`` decoder on fake tensors (no data, no compute, seconds on a CPU):
