@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -144,7 +145,8 @@ class ClipWorker:
         attrs = {
             "log": ref.name,
             "log_kind": ref.kind,
-            "log_path": str(ref.path),
+            # Absolute: a generation on a Ray cluster opens the log from another working folder.
+            "log_path": str(Path(ref.path).resolve()),
             "log_version": getattr(ref, "version", None),
             "dataset": scene.source.dataset,
             "scene_id": scene.source.scene_id,
