@@ -33,7 +33,9 @@ TRAIN_ROOT_KEYS = {"launcher", "ray"}  # TrainConfig fields written inline in tr
 # (preset file, key) -> why the preset differs from the dataclass default (the same words stand
 # as a comment beside the key in the YAML file).
 DIFFERS = {
-    ("model/tiny.yaml", "train_decoder"): "the tiny VAE is random: its decoder learns the sample world",
+    ("model/tiny.yaml", "control_input"): "the control also enters the main stream",
+    ("model/tiny.yaml", "control_skip"): "x0 = control-video latents + the transformer's output",
+    ("model/tiny.yaml", "vae"): "the tiny VAE fitted to the sample world",
     ("model/wan2.1_vace_1.3b.yaml", "num_attention_heads"): "the released checkpoint's shape",
     ("model/wan2.1_vace_1.3b.yaml", "attention_head_dim"): "the released checkpoint's shape",
     ("model/wan2.1_vace_1.3b.yaml", "num_layers"): "the released checkpoint's shape",
@@ -155,7 +157,7 @@ class TestComposedConfigs:
     def test_train_composes_to_its_presets(self):
         cfg = compose(TrainConfig, "train")
         assert cfg.trainer == TrainerConfig() and cfg.data == DataConfig() and cfg.chopgrad == ChopGradConfig()
-        assert cfg.model == dataclasses.replace(ModelConfig(), train_decoder=True)
+        assert cfg.model == dataclasses.replace(ModelConfig(), control_input=True, control_skip=True, vae="sample")
 
     @pytest.mark.parametrize("name, cls, override, key", [
         ("train", TrainConfig, "trainer.steps=abc", "trainer.steps"),

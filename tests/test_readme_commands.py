@@ -74,7 +74,7 @@ SIZES = {
     "chopgrad_core.heads.restore": [],
     "conditions.preview": [],
     "drivegen.preview": ["image_size=[48,80]"],
-    "drivegen.evaluate": ["sampler.steps=2", "probe.steps=5", "max_clips=2"],
+    "drivegen.evaluate": ["sampler.steps=2", "probe.steps=5", "max_clips=1"],  # one clip: no Ray startup
     "drivegen.evaluate.probe": ["probe.steps=5"],
 }
 

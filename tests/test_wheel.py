@@ -40,13 +40,14 @@ def wheel_env(tmp_path_factory):
 
 
 class TestWheel:
-    """The wheel holds the configs and runs ``python -m drivegen.train`` from any folder."""
+    """The wheel holds the configs and the sample VAE, and runs ``python -m drivegen.train`` from any folder."""
 
     def test_wheel_ships_configs_and_scenarios(self, wheel_env):
         names = set(zipfile.ZipFile(wheel_env[0]).namelist())
         assert {"drivegen/configs/train.yaml", "drivegen/configs/model/tiny.yaml", "drivegen/configs/preprocess.yaml",
                 "drivegen/configs/generate.yaml", "drivegen/generate/scenarios/sample_edit.yaml",
-                "chopgrad_core/configs/finetune.yaml"} <= names
+                "chopgrad_core/configs/finetune.yaml", "drivegen/model/assets/sample_vae/config.json",
+                "drivegen/model/assets/sample_vae/diffusion_pytorch_model.safetensors"} <= names
 
     def test_installed_train_runs_from_another_folder(self, wheel_env, tmp_path):
         _, python = wheel_env

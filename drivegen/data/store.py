@@ -47,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
-import hashlib
 import itertools
 import json
 import math
@@ -65,7 +64,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from chopgrad_core.atomic import write_json
+from chopgrad_core.atomic import file_digest, write_json
 from drivegen.errors import StoreError
 
 __all__ = [
@@ -276,14 +275,6 @@ def _codec(compression: Mapping[str, Any]) -> BloscCodec:
     return BloscCodec(cname=compression["cname"], clevel=int(compression["level"]), shuffle=shuffle)
 
 
-def _digest(file: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _chunk_files(shape: tuple[int, ...], outer: tuple[int, ...]) -> list[str]:
     """The files Zarr v3 writes for an array of `shape` in pieces of `outer` (shard or chunk
     shape; default chunk key encoding 'c/i/j/...'), every piece written (write_empty_chunks)."""
@@ -300,7 +291,7 @@ def _manifest(folder: Path, clip: str, expected: Mapping[str, list[str]]) -> dic
         if not file.is_file() or file.stat().st_size == 0:
             raise StoreError(f"clip {clip!r}: {rel} was not written completely (missing or empty under {str(folder)!r}); "
                              "the clip is not stored: rerun python -m drivegen.preprocess")
-        files[rel] = [file.stat().st_size, _digest(file)]
+        files[rel] = [file.stat().st_size, file_digest(file)]
     return {"format": MANIFEST_FORMAT, "clip": clip, "checksum": "blake2b-128",
             "arrays": {name: ["zarr.json", *fs] for name, fs in expected.items()}, "files": files}
 
@@ -408,7 +399,7 @@ def check_clip(path: str | os.PathLike, clip: str, manifest: Mapping[str, Any] |
         if actual != size:
             raise StoreError(f"clip {clip!r} of store {str(root)!r}: {rel} has {actual} bytes, its manifest says "
                              f"{size}; {_fix(root)}")
-        if full and _digest(folder / rel) != digest:
+        if full and file_digest(folder / rel) != digest:
             raise StoreError(f"clip {clip!r} of store {str(root)!r}: {rel} does not match its checksum (corrupt "
                              f"bytes); {_fix(root)}")
 

@@ -4,12 +4,15 @@ The evaluator loads the checkpoint, the probe and the feature networks once, the
 
 1. Conditions: the clip as a training batch (``ClipDataset``), conditioned exactly as in training
    (``drivegen.model.conditioning.prepare_conditions``).
-2. Videos of four methods, all (T, K, 3, H, W) in [-1, 1]:
+2. Videos of five methods, all (T, K, 3, H, W) in [-1, 1]:
    - ``generated``: sampled from the clip's own conditions (``drivegen.model.sampler.sample_latents``,
      seed = sampler.seed + a stable hash of the clip's name), decoded by the checkpoint's VAE;
    - ``swapped``: sampled from ANOTHER val clip's conditions with the same noise: what a model that
      ignores its controls scores (the gap to ``generated`` is what the controls buy);
    - ``mean_frame``: the per-pixel mean frame of the train split, every frame and camera;
+   - ``autoencoded``: the real frames through the checkpoint's VAE (encode, then decode): what a
+     perfect transformer could give at best; the gap to ``ground_truth`` is the VAE's share of
+     what generation loses, the gap to ``generated`` the transformer's;
    - ``ground_truth``: the real frames (the ceiling: PSNR inf, FID 0, the probe's own mIoU).
 3. Scores of each method against this clip's real frames and layout: PSNR, SSIM, flicker and LPIPS
    per camera video (``chopgrad_core.heads.metrics.Scorer``), the probe's confusion matrix and box
@@ -46,7 +49,7 @@ from drivegen.model.sampler import sample_latents
 
 __all__ = ["METHODS", "ClipEvaluator", "clip_seed", "finished"]
 
-METHODS = ("generated", "swapped", "mean_frame", "ground_truth")
+METHODS = ("generated", "swapped", "mean_frame", "autoencoded", "ground_truth")
 
 
 def clip_seed(base: int, name: str) -> int:
@@ -106,6 +109,14 @@ class ClipEvaluator:
         video = chopgrad_core.decode(self.decoder, z)  # (K, 3, T, H, W)
         return video.float().clamp(-1, 1).permute(2, 0, 1, 3, 4).cpu()  # (T, K, 3, H, W)
 
+    @torch.no_grad()
+    def autoencode(self, truth: torch.Tensor) -> torch.Tensor:
+        """The real frames (T, K, 3, H, W) through the VAE: encode (posterior mode), decode."""
+        dtype = next(self.vae.parameters()).dtype
+        z = self.vae.encode(truth.permute(1, 2, 0, 3, 4).to(self.device, dtype)).latent_dist.mode()
+        video = chopgrad_core.decode(self.decoder, z)  # (K, 3, T, H, W)
+        return video.float().clamp(-1, 1).permute(2, 0, 1, 3, 4).cpu()
+
     # -- 3. scores ------------------------------------------------------------------------------
 
     def score(self, video: torch.Tensor, truth: torch.Tensor, layout: torch.Tensor, box_mask: torch.Tensor,
@@ -147,6 +158,7 @@ class ClipEvaluator:
         if item["swap_index"] is not None:
             videos["swapped"] = self.generate(self._batch(item["swap_index"]), seed)
         videos["mean_frame"] = self.mean_frame.expand_as(truth)
+        videos["autoencoded"] = self.autoencode(truth)
         videos["ground_truth"] = truth
         # 3. Scores.
         scores, features, probe_generated = {}, {}, None

@@ -121,7 +121,7 @@ def train_probe(cfg: EvaluateConfig, store: Path, show_progress: bool = True) ->
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     probe.eval()
     # 3. Score and save.

@@ -151,7 +151,8 @@ _COLUMNS = (("miou", "mIoU ↑", 3), ("box_recall", "box recall ↑", 3), ("psnr
 
 def _method_rows(metrics: dict[str, Any]) -> list[tuple[str, ...]]:
     label = {"generated": "generated (own conditions)", "swapped": "swapped conditions (ignores controls)",
-             "mean_frame": "mean train frame", "ground_truth": "ground truth (ceiling)"}
+             "mean_frame": "mean train frame", "autoencoded": "ground truth through the VAE",
+             "ground_truth": "ground truth (ceiling)"}
     return [(label[m], str(v["clips"]), *(_fmt(v.get(k), d) for k, _, d in _COLUMNS))
             for m, v in metrics["methods"].items()]
 
@@ -234,7 +235,8 @@ def _charts(folder: Path, metrics: dict[str, Any]) -> list[str]:
     if not methods:
         return []
     names = list(methods)
-    colours = {"generated": "tab:blue", "swapped": "tab:orange", "mean_frame": "tab:gray", "ground_truth": "tab:green"}
+    colours = {"generated": "tab:blue", "swapped": "tab:orange", "mean_frame": "tab:gray", "autoencoded": "tab:olive",
+               "ground_truth": "tab:green"}
     written = []
     # 1. Controllability: mIoU and box recall per method, with the targets.
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))

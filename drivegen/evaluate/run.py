@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from chopgrad_core.atomic import atomic_path, check_writable
+from chopgrad_core.atomic import atomic_path, check_writable, file_digest
 from chopgrad_core.errors import OutputNotWritableError
 from chopgrad_core.progress import progress
 from drivegen.errors import DrivegenError, EvaluateConfigError, ProbeError
-from drivegen.evaluate.clip import ClipEvaluator, finished
+from drivegen.evaluate.clip import METHODS, ClipEvaluator, finished
 from drivegen.evaluate.config import EvaluateConfig
 from drivegen.model.checkpoint import checkpoint_digest, read_metadata, resolve
 from drivegen.workpool import actors, init_ray, map_unordered, reason
@@ -55,14 +55,6 @@ def resolve_store(cfg: EvaluateConfig) -> Path:
     if cfg.store:
         return Path(cfg.store).expanduser()
     return Path(_checkpoint_config(resolve(cfg.checkpoint, "checkpoint"))["data"]["store"])
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,8 +239,9 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     probe, probe_info = ensure_probe(cfg, store, p["dataset"]["image_size"])
     p["probe"] = str(probe.resolve())
     p["mean_frame"] = str(ensure_mean_frame(folder, store).resolve())
-    settings = json.dumps({"checkpoint": p["checkpoint_hash"], "probe": _file_digest(probe),
-                           "mean_frame": _file_digest(Path(p["mean_frame"])), "settings": cfg.output_settings()},
+    settings = json.dumps({"checkpoint": p["checkpoint_hash"], "probe": file_digest(probe),
+                           "mean_frame": file_digest(Path(p["mean_frame"])), "settings": cfg.output_settings(),
+                           "methods": METHODS},
                           sort_keys=True)
     for item in p["items"]:
         item["key"] = hashlib.sha256(f"{settings}|{item['name']}|{item['swap_name']}".encode()).hexdigest()

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from chopgrad_core.atomic import atomic_dir, write_text
+from chopgrad_core.atomic import atomic_dir, file_digest, hash_file, write_text
 from drivegen.errors import CheckpointError
 from drivegen.model.controlled_wan import ControlledWan, ModelConfig, apply_lora
 
@@ -90,16 +90,8 @@ def _tidy(out: Path) -> None:
                 os.replace(p, final)
 
 
-def _digest(file: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_manifest(folder: Path) -> None:
-    files = {str(f.relative_to(folder)): [f.stat().st_size, _digest(f)]
+    files = {str(f.relative_to(folder)): [f.stat().st_size, file_digest(f)]
              for f in sorted(folder.rglob("*")) if f.is_file() and f.name != MANIFEST}
     write_text(folder / MANIFEST, json.dumps({"checksum": "blake2b-128", "files": files}) + "\n")
 
@@ -171,7 +163,7 @@ def _check_file(file: Path) -> None:
             if entry is None:
                 return
             size = file.stat().st_size
-            if size != entry[0] or _digest(file) != entry[1]:
+            if size != entry[0] or file_digest(file) != entry[1]:
                 raise CheckpointError(f"checkpoint file {str(file)!r} does not match its manifest ({size} bytes, "
                                       f"{entry[0]} recorded, or a changed checksum): it is truncated or corrupt; "
                                       "resume from an earlier checkpoint-<step>/ folder or retrain")
@@ -270,9 +262,7 @@ def checkpoint_digest(folder: Path, ema: bool) -> str:
     files += sorted((folder / "vae").glob("*")) if (folder / "vae").is_dir() else []
     for f in files:
         h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        hash_file(f, h)
     return h.hexdigest()
 
 

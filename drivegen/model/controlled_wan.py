@@ -155,14 +155,25 @@ class ModelConfig:
     own (``ControlPatchEmbedding``, as Wan I2V concatenates its image channels), without touching
     the pretrained ``patch_embedding`` weights. The VACE branch alone adds its hint after a block,
     through a residual a tiny model learns to use only slowly; the tiny default turns this on."""
+    control_skip: bool = False
+    """x0 parameterisation around the control: the transformer predicts the clean latents as the
+    control video's latents (the first ``latent_channels`` control channels) plus its output, and
+    ``forward`` returns the matching velocity ``(x_t - x0) / sigma``, so the objective and the
+    sampler are unchanged. From the first step the generated latents sit where the layout puts
+    things; the transformer learns what the control video does not show (appearance, texture,
+    what lies outside the layout). A residual over the condition, as image-to-image models and
+    the heads of chopgrad_core use; sensible when the VAE encodes the control video and the frames
+    into one latent space (always here: ``conditioning.prepare`` encodes both with the same VAE)."""
     vae: Optional[str] = None
-    """The VAE when ``pretrained`` is null: a local diffusers AutoencoderKLWan folder (e.g. one
-    fitted to a store's training frames by ``python -m drivegen.model.fit_vae``), or null (a
-    randomly initialised tiny VAE whose decoder the pixel loss trains)."""
+    """The VAE when ``pretrained`` is null: ``sample`` (the tiny VAE fitted to the sample world's
+    train frames, shipped with drivegen: the tiny default's, see ``drivegen.model.vae.SAMPLE_VAE``),
+    a local diffusers AutoencoderKLWan folder (e.g. one fitted to a store's training frames by
+    ``python -m drivegen.model.fit_vae``), or null (a randomly initialised tiny VAE, whose decoder
+    then draws the mean picture whatever the latents unless ``train_decoder`` trains it)."""
     train_decoder: bool = False
-    """Fine-tune the VAE decoder through the ChopGrad pixel loss (the encoder stays frozen). The
-    tiny default turns it on: its VAE is random, so only a trained decoder turns latents into
-    pictures of the sample world."""
+    """Fine-tune the VAE decoder through the ChopGrad pixel loss (the encoder stays frozen). For a
+    random VAE only a trained decoder turns latents into pictures; a fitted one is better kept (on
+    the sample world, fine-tuning the fitted decoder on 16 clips lowered the val probe mIoU)."""
     pretrained: Optional[str] = None
     """Local diffusers-format folder with ``transformer/`` (WanVACETransformer3DModel) and ``vae/``
     (AutoencoderKLWan); the sizes above are then taken from it. Never downloaded."""
@@ -241,7 +252,14 @@ class ControlledWan(nn.Module):
             control_hidden_states=tile_cameras(control_BKCThw).to(dtype),
             return_dict=False,
         )[0]
-        return untile_cameras(out, k)
+        out = untile_cameras(out, k)
+        if self.config.control_skip:  # out is x0 - control latents; velocity = (x_t - x0) / sigma
+            # sigma floor: the velocity of an x0 prediction diverges as sigma -> 0 (the sampler
+            # never evaluates sigma < 1 / steps; training's logit-normal sigma rarely goes below)
+            sigma = (timestep_B.float() / 1000.0).clamp_min(0.05).view(-1, 1, 1, 1, 1, 1)
+            x0 = control_BKCThw[:, :, :latents_BKCThw.shape[2]].to(out) + out
+            out = (latents_BKCThw.to(out) - x0) / sigma.to(out)
+        return out
 
 
 def null_conditions(control_BKCthw: torch.Tensor, cond: dict) -> tuple[torch.Tensor, dict]:

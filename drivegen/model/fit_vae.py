@@ -13,6 +13,8 @@ reconstruction loss and a small KL term:
 Training then uses it (``model.vae``) and saves it in every checkpoint (``vae/``), so generation
 uses the same one. Cost: about 12 s a step at 6 cameras x 5 frames x 64x112 on a loaded 2-core
 CPU, so hundreds of steps are a GPU job (``--device cuda``); the embedded default does not run it.
+The clips' frames are read from the store once (at most ``max_clips`` of them, a seeded random
+choice) and kept in memory: reading a clip from Zarr costs more than a GPU step.
 
 Shape legend: N clips x cameras, C channels, T frames, H W image size.
 """
@@ -30,22 +32,27 @@ __all__ = ["fit_vae"]
 
 
 def fit_vae(vae, data, steps: int, lr: float = 2e-3, seed: int = 0, batch_clips: int = 1,
-            kl_weight: float = 1e-6, device: torch.device | str = "cpu", show: bool = True) -> dict[str, float]:
+            kl_weight: float = 1e-6, device: torch.device | str = "cpu", show: bool = True,
+            max_clips: int = 512, max_seconds: float | None = None) -> dict[str, float]:
     """Fit ``vae`` (encoder and decoder) to reconstruct the clips of ``data`` (a ClipDataset with
     images) for ``steps`` AdamW steps; leaves it in eval mode without gradients. Returns the mean
-    L1 (pixels in [-1, 1]) of the first and last tenth of the steps and the seconds taken."""
+    L1 (pixels in [-1, 1]) of the first and last tenth of the steps, the steps done and the seconds
+    taken; ``max_seconds`` stops the fit early (the learning rate then has not decayed fully)."""
+    gen = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(data), generator=gen)[:max_clips].tolist()
+    # (T, K, 3, H, W) per clip -> (K, 3, T, H, W), read once
+    clips = [data[i]["images"].permute(1, 2, 0, 3, 4).contiguous() for i in
+             progress(chosen, desc="read clips", unit="clip", disable=not show)]
     vae.to(device).train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     # Cosine decay to a tenth: most of the fit happens early, the tail polishes edges.
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.1)
-    gen = torch.Generator().manual_seed(seed)
     l1s: list[float] = []
     t0 = time.perf_counter()
     bar = progress(range(steps), desc="fit vae", unit="step", disable=not show)
     for _ in bar:
-        idx = torch.randint(len(data), (batch_clips,), generator=gen).tolist()
-        # (T, K, 3, H, W) per clip -> (N = clips x K, 3, T, H, W)
-        x = torch.cat([data[i]["images"].permute(1, 2, 0, 3, 4) for i in idx]).to(device)
+        idx = torch.randint(len(clips), (batch_clips,), generator=gen).tolist()
+        x = torch.cat([clips[i] for i in idx]).to(device)  # (N = clips x K, 3, T, H, W)
         post = vae.encode(x).latent_dist
         z = post.sample(generator=None)
         recon = vae.decode(z).sample
@@ -59,9 +66,11 @@ def fit_vae(vae, data, steps: int, lr: float = 2e-3, seed: int = 0, batch_clips:
         sched.step()
         l1s.append(float(l1.detach()))
         bar.set_postfix(l1=f"{l1s[-1]:.4f}")
+        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+            break
     vae.eval().requires_grad_(False)
-    tenth = max(1, steps // 10)
-    return {"l1_first": sum(l1s[:tenth]) / tenth, "l1_last": sum(l1s[-tenth:]) / tenth,
+    tenth = max(1, len(l1s) // 10)
+    return {"l1_first": sum(l1s[:tenth]) / tenth, "l1_last": sum(l1s[-tenth:]) / tenth, "steps": len(l1s),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -80,27 +89,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--base-dim", type=int, default=8, help="width of the VAE (Wan's base_dim)")
+    p.add_argument("--init", default=None, help="continue fitting this VAE folder (its sizes; --base-dim and "
+                   "--z-dim are then ignored)")
+    p.add_argument("--z-dim", type=int, default=16, help="latent channels (model.latent_channels must match)")
     p.add_argument("--batch-clips", type=int, default=1)
     p.add_argument("--datasets", nargs="+", default=["nuscenes"], help="source datasets of the clips (one rig)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop the fit after this long (and save it)")
     args = p.parse_args(argv)
     try:
-        if args.steps < 1 or args.lr <= 0 or args.base_dim < 1 or args.batch_clips < 1:
-            raise DrivegenError("--steps, --lr, --base-dim and --batch-clips must be positive")
+        if min(args.steps, args.base_dim, args.z_dim, args.batch_clips) < 1 or args.lr <= 0:
+            raise DrivegenError("--steps, --lr, --base-dim, --z-dim and --batch-clips must be positive")
         data = ClipDataset(args.store, datasets=args.datasets, split="train")
+        torch.manual_seed(args.seed)
+        if args.init:
+            from drivegen.model.vae import load_vae
+
+            vae = load_vae(args.init, key="--init")
+        else:
+            vae = AutoencoderKLWan(base_dim=args.base_dim, z_dim=args.z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
     except DrivegenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    torch.manual_seed(args.seed)
-    vae = AutoencoderKLWan(base_dim=args.base_dim, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
     stats = fit_vae(vae, data, args.steps, lr=args.lr, seed=args.seed, batch_clips=args.batch_clips,
-                    device=args.device)
+                    device=args.device, max_seconds=args.max_minutes * 60 if args.max_minutes else None)
     from chopgrad_core.atomic import atomic_dir
 
     with atomic_dir(args.out) as tmp:
         vae.to("cpu").save_pretrained(tmp)
-    print(f"fitted VAE in {args.out}: L1 {stats['l1_first']:.4f} -> {stats['l1_last']:.4f} in {stats['seconds']} s "
+    print(f"fitted VAE in {args.out}: L1 {stats['l1_first']:.4f} -> {stats['l1_last']:.4f} in {stats['steps']} steps, {stats['seconds']} s "
           f"({len(data)} training clips of {args.store})")
     return 0
 

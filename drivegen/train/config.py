@@ -44,9 +44,16 @@ class DataConfig:
     """Clips per step."""
     num_workers: int = 0
     """DataLoader worker processes (spawn context)."""
+    cache_mb: int = 1024
+    """Memory (MB, host) for clips' prepared model inputs: the frozen encoder's latents of the
+    frames and control video, the pooled layout, the box tokens' inputs and the frames. A cached
+    clip is neither read from the store nor encoded again (exact: the encoder is frozen and uses
+    its posterior's mode). Clips past the budget are prepared every time; 0: no cache. Not used
+    with camera parallelism (each rank encodes only its cameras)."""
 
     def __post_init__(self) -> None:
         _check("data.batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
+        _check("data.cache_mb", self.cache_mb, self.cache_mb >= 0, "an integer >= 0 (MB; 0: no cache)")
         _check("data.split", self.split, self.split in ("train", None), "train, or null for every clip")
         _check("data.num_workers", self.num_workers, self.num_workers >= 0, "an integer >= 0")
         if (self.clip_length - 1) % 4 != 0 or self.clip_length < 1:

@@ -40,6 +40,21 @@ from drivegen.train.control_gap import control_gap
 # ----------------------------------------------------------------------------------------------
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident memory: VmHWM where Linux gives it (getrusage's ru_maxrss
+    survives exec, so a process started from a large parent would report the parent's size),
+    else ru_maxrss (KiB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20
+    except (OSError, StopIteration):
+        import resource
+        import sys
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**30 if sys.platform == "darwin" else rss / 2**20
+
+
 def ensure_store(cfg: TrainConfig) -> Path:
     """The clip store, made from the logs (and the logs from the sample world) when missing."""
     store = Path(cfg.data.store)
@@ -127,6 +142,9 @@ class Trainer:
         self.space = LatentSpace(self.vae)
         self.decoder = chopgrad_core.wrap(self.vae)
         self.model = ControlledWan(cfg.model, transformer).to(self.device)
+        # Prepared inputs of clips (data.cache_mb): exact, since the encoder is always frozen.
+        self.cache = {} if cfg.data.cache_mb > 0 and (self.par is None or self.par.cp == 1) else None
+        self.cache_bytes = 0
         if tc.gradient_checkpointing:
             self.model.transformer.enable_gradient_checkpointing()
         if tc.lora:
@@ -177,12 +195,41 @@ class Trainer:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.trainer.seed + epoch))
             indices = order[offset * bs : per_epoch * bs].tolist()
             indices = [i for j in range(0, len(indices), bs) for i in indices[j : j + bs][rows]]
+            if self.cache is not None:  # prepared inputs, from memory where cached
+                per = rows.stop - rows.start
+                for j in range(0, len(indices) - per + 1, per):
+                    yield {"prepared": self.prepared(indices[j : j + per])}
+                    step += 1
+                continue
             loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.data, indices),
                                                  batch_size=rows.stop - rows.start,
                                                  num_workers=self.cfg.data.num_workers, **kw)
             for batch in loader:
                 yield batch
                 step += 1
+
+    def prepared(self, indices: list[int]) -> tuple:
+        """(x0, frames, control, cond) of the clips ``indices``, each prepared alone (as a batch of
+        one) and kept in ``self.cache`` (host memory) while ``data.cache_mb`` allows."""
+        parts = []
+        for i in indices:
+            item = self.cache.get(i)
+            if item is None:
+                batch = torch.utils.data.default_collate([self.data[i]])
+                x0, frames, control, cond = prepare(batch, self.vae, self.space, self.device)
+                item = (x0.cpu(), frames.cpu(), control.cpu(), {k: v.cpu() for k, v in cond.items()})
+                size = sum(t.numel() * t.element_size() for t in (*item[:3], *item[3].values()))
+                if self.cache_bytes + size <= self.cfg.data.cache_mb * 2**20:
+                    self.cache[i] = item
+                    self.cache_bytes += size
+            parts.append(item)
+        dev = self.device
+        if len(parts) == 1:  # as prepared (no concatenation copy): the same memory layout, the same numbers
+            x0, frames, control, cond = parts[0]
+            return x0.to(dev), frames.to(dev), control.to(dev), {k: v.to(dev) for k, v in cond.items()}
+        return (torch.cat([p[0] for p in parts]).to(dev), torch.cat([p[1] for p in parts]).to(dev),
+                torch.cat([p[2] for p in parts]).to(dev),
+                {k: torch.cat([p[3][k] for p in parts]).to(dev) for k in parts[0][3]})
 
     def lr_at(self, step: int) -> float:
         """Learning rate of the update at ``step`` (0-based): linear warmup, then constant or cosine."""
@@ -196,6 +243,8 @@ class Trainer:
 
     def prepare(self, batch: dict) -> tuple:
         """(x0, frames, control, cond, this rank's camera share or None)."""
+        if "prepared" in batch:  # from self.batches' cache path
+            return (*batch["prepared"], None)
         if self.par is not None and self.par.cp > 1:  # camera-parallel: each rank encodes its cameras
             return parallel.prepare_camera_parallel(batch, self.vae, self.space, self.par)
         return (*prepare(batch, self.vae, self.space, self.device), None)
@@ -315,6 +364,7 @@ class Trainer:
         if tc.sample_steps:
             summary["samples"] = self.write_samples()
         if self.main:
+            write_json(self.out / "summary.json", summary)
             print(json.dumps(summary, indent=2))
         return summary
 
@@ -445,9 +495,16 @@ class Trainer:
     def summary(self, seconds: float) -> dict:
         first, last = self.history[: max(1, len(self.history) // 10)], self.history[-max(1, len(self.history) // 10):]
         mean = lambda rows, key: sum(r.get(key, math.nan) for r in rows) / len(rows)  # noqa: E731
+        step_s = sorted(r["step_s"] for r in self.history if "step_s" in r)
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**30
+        else:
+            peak = peak_rss_gib()
         return {"steps": self.step, "seconds": round(seconds, 1), "checkpoint": str(ckpt.find_latest(self.out)),
                 "flow_first": mean(first, "flow"), "flow_last": mean(last, "flow"),
-                "pixel_first": mean(first, "pixel"), "pixel_last": mean(last, "pixel")}
+                "pixel_first": mean(first, "pixel"), "pixel_last": mean(last, "pixel"),
+                "step_s_median": round(step_s[len(step_s) // 2], 4) if step_s else None,
+                "peak_memory_gib": round(peak, 3)}
 
     def plot(self, path: Path) -> None:
         import matplotlib

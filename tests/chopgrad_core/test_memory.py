@@ -10,7 +10,7 @@ import sys
 import pytest
 
 SCRIPT = r"""
-import json, resource, sys, torch
+import json, sys, torch
 torch.set_num_threads(1)
 from chopgrad_core.tiny import tiny_wan21
 import chopgrad_core as cg
@@ -19,7 +19,10 @@ vae = tiny_wan21().requires_grad_(False)
 z = torch.randn(1, 16, t, hw, hw, requires_grad=True)
 target = torch.zeros(1, 3, 1 + 4 * (t - 1), hw * 8, hw * 8)
 cg.pixel_loss(vae, z, target, mode=mode, window=1).backward()
-print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM: this process image's peak RSS. Not getrusage's ru_maxrss: that survives exec, so a child
+# forked from a large pytest process reports the parent's size at fork whatever it does itself.
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"peak_mib": int(hwm.split()[1]) / 1024}))
 """
 
 
@@ -34,12 +37,13 @@ def peak_rss_mib(mode: str, latent_frames: int, hw: int = 16) -> float:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss units and malloc tuning are Linux's")
 class TestConstantMemory:
-    """A tiny Wan VAE at 16 latent frames peaks within 10% of 4 latent frames with sliding D=1, while
-    full backpropagation grows with length."""
+    """A tiny Wan VAE (96x96 frames) at 14 latent frames peaks within 10% of 4 latent frames with
+    sliding D=1, while full backpropagation grows with length (measured: sliding 553 -> 557 MiB at
+    4 -> 12 latent frames, full 583 -> 810)."""
 
     def test_sliding_peak_is_constant_in_length_while_full_grows(self):
-        sliding_4, sliding_16 = peak_rss_mib("sliding", 4), peak_rss_mib("sliding", 16)
-        full_4, full_16 = peak_rss_mib("full", 4), peak_rss_mib("full", 16)
-        print(f"peak RSS MiB: sliding {sliding_4:.0f} -> {sliding_16:.0f}, full {full_4:.0f} -> {full_16:.0f}")
-        assert sliding_16 <= 1.10 * sliding_4
-        assert full_16 >= 1.3 * full_4
+        sliding_4, sliding_14 = peak_rss_mib("sliding", 4, hw=12), peak_rss_mib("sliding", 14, hw=12)
+        full_4, full_14 = peak_rss_mib("full", 4, hw=12), peak_rss_mib("full", 14, hw=12)
+        print(f"peak RSS MiB: sliding {sliding_4:.0f} -> {sliding_14:.0f}, full {full_4:.0f} -> {full_14:.0f}")
+        assert sliding_14 <= 1.10 * sliding_4
+        assert full_14 >= 1.3 * full_4

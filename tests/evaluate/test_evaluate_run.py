@@ -43,7 +43,7 @@ class TestEvaluateRun:
         for c in m["clips"]:
             assert (folder / "mosaics" / f"{c['clip']}.png").is_file()
             assert json.loads((folder / "clips" / f"{c['clip']}.json").read_text())["status"] == "evaluated"
-        assert set(m["methods"]) == {"generated", "swapped", "mean_frame", "ground_truth"}
+        assert set(m["methods"]) == {"generated", "swapped", "mean_frame", "autoencoded", "ground_truth"}
         assert "| generated (own conditions)" in (folder / "report.md").read_text()
 
     def test_ground_truth_scores_the_ceiling(self, evaluated, world):

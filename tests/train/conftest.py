@@ -13,7 +13,7 @@ def parallel_store(tmp_path_factory):
     from drivegen.train.trainer import ensure_store
 
     root = tmp_path_factory.mktemp("parallel")
-    generate_sample_logs(root / "logs")
+    generate_sample_logs(root / "logs", nuscenes_scenes=1)  # 8 train clips; its val logs are another rig's
     data = DataConfig(logs=str(root / "logs"), store=str(root / "clips.zarr"), image_size=[32, 48])
     ensure_store(TrainConfig(data=data))
     return data

@@ -146,3 +146,30 @@ class TestControlInput:
         trainable = apply_lora(m, 2)
         assert any(n.startswith("transformer.patch_embedding.control.") for n in trainable)
         assert not any(n.startswith("transformer.patch_embedding.base.") for n in trainable)
+
+
+class TestControlSkip:
+    """model.control_skip: the clean-latent estimate x_t - sigma * v is the control video's latents
+    plus the transformer's output, at every noise level; the velocity matches flow matching's."""
+
+    @pytest.mark.parametrize("sigma", [0.1, 0.5, 1.0])
+    def test_x0_estimate_is_the_control_latents_when_the_output_is_zero(self, sigma):
+        torch.manual_seed(0)
+        m = ControlledWan(ModelConfig(control_input=True, control_skip=True))
+        torch.nn.init.zeros_(m.transformer.proj_out.weight)
+        torch.nn.init.zeros_(m.transformer.proj_out.bias)
+        x_t, control, cond = make_batch()
+        v = m(x_t, torch.tensor([1000.0 * sigma]), control, cond, (32, 48))
+        assert torch.allclose(x_t - sigma * v, control[:, :, :C], atol=1e-5)
+
+    def test_residual_shifts_the_estimate_by_the_output(self):
+        torch.manual_seed(0)
+        plain = ControlledWan(ModelConfig(control_input=True))
+        torch.manual_seed(0)
+        skip = ControlledWan(ModelConfig(control_input=True, control_skip=True))
+        x_t, control, cond = make_batch()
+        sigma = 0.4
+        t = torch.tensor([1000.0 * sigma])
+        out = plain(x_t, t, control, cond, (32, 48))  # same weights: the raw transformer output
+        v = skip(x_t, t, control, cond, (32, 48))
+        assert torch.allclose(x_t - sigma * v, control[:, :, :C] + out, atol=1e-5)

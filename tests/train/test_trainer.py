@@ -45,6 +45,22 @@ class TestResume:
         for a, b in zip(straight.ema.module.parameters(), resumed.ema.module.parameters()):
             assert torch.equal(a, b)
 
+    def test_prepared_input_cache_is_exact(self, store, tmp_path):
+        """data.cache_mb: clips prepared once and reused from memory train exactly as clips read and
+        encoded every step (10 steps over the 8 train clips: the last two come from the cache)."""
+        import dataclasses
+
+        def run(cache_mb, out):
+            cfg = TrainConfig(data=dataclasses.replace(store, cache_mb=cache_mb),
+                              trainer=TrainerConfig(steps=10, lr=3e-3, out=str(out), sample_steps=0, tensorboard=False))
+            trainer = Trainer(cfg)
+            trainer.train()
+            return trainer
+
+        cached, plain = run(64, tmp_path / "a"), run(0, tmp_path / "b")
+        assert len(cached.cache) == len(cached.data) and plain.cache is None
+        assert [r["total"] for r in cached.history] == [r["total"] for r in plain.history]
+
     def test_checkpoint_from_another_model_config_names_the_key(self, store, tmp_path):
         Trainer(TrainConfig(data=store, trainer=TrainerConfig(steps=1, out=str(tmp_path), sample_steps=0))).train()
         from drivegen.model.controlled_wan import ModelConfig
@@ -59,13 +75,9 @@ class TestTrainer:
     """From sample logs alone, the trainer builds the store, trains, and writes a checkpoint, a loss
     history and a loss curve; the flow-matching loss falls."""
 
-    def test_sample_world_trains_and_writes_outputs(self, tmp_path):
-        logs = tmp_path / "logs"
-        generate_sample_logs(logs, nuscenes_scenes=1)
-        cfg = TrainConfig(
-            data=DataConfig(logs=str(logs), store=str(tmp_path / "clips.zarr"), image_size=[32, 48]),
-            trainer=TrainerConfig(steps=30, lr=3e-3, out=str(tmp_path / "out"), sample_steps=2),
-        )
+    def test_sample_world_trains_and_writes_outputs(self, store, tmp_path):
+        # `store`: sample logs -> the trainer's own ensure_store (the module fixture, shared)
+        cfg = TrainConfig(data=store, trainer=TrainerConfig(steps=30, lr=3e-3, out=str(tmp_path / "out"), sample_steps=2))
         summary = Trainer(cfg).train()
         assert summary["flow_last"] < 0.9 * summary["flow_first"]
         out = tmp_path / "out"
@@ -206,3 +218,32 @@ class TestFittedVae:
                           trainer=TrainerConfig(steps=1, out=str(tmp_path / "out")))
         with pytest.raises(ConfigError, match=r"model.vae=.*config.json"):
             Trainer(cfg)
+
+
+class TestSampleVae:
+    """model.vae=sample: the VAE shipped with the package (fitted to the sample world's train
+    frames) reconstructs the sample world's frames, where a random one gives the mean picture."""
+
+    def test_sample_vae_reconstructs_sample_frames(self, store):
+        import torch
+
+        from drivegen.data.dataset import ClipDataset
+        from drivegen.model.vae import SAMPLE_VAE, load_vae
+
+        data = ClipDataset(store.store, image_size=store.image_size, datasets=store.datasets, split="train")
+        x = data[0]["images"].permute(1, 2, 0, 3, 4)  # (K, 3, T, H, W)
+
+        def psnr(vae):
+            with torch.no_grad():
+                r = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+            return float(10 * torch.log10(4 / ((r - x) ** 2).mean()))
+
+        fitted, random = load_vae("sample", data), load_vae(None, data)
+        assert fitted.config.base_dim == 16 and (SAMPLE_VAE / "README.md").is_file()
+        assert psnr(fitted) > psnr(random) + 5.0
+
+    def test_missing_vae_folder_names_the_key(self, tmp_path):
+        from drivegen.model.vae import load_vae
+
+        with pytest.raises(ConfigError, match=r"model.vae=.*config.json missing"):
+            load_vae(str(tmp_path / "nowhere"))
