@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--first-seed-only", nargs="*", default=[], choices=list(VARIANTS),
+                   help="variants run with the first seed alone (e.g. those equal to another by construction)")
     p.add_argument("--work", default=None, help="runs and evaluations (default outputs/ablation/<scenario>)")
     p.add_argument("--lpips-weights", dest="lpips_weights", default=None)
     p.add_argument("--fid-weights", dest="fid_weights", default=None)
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds if args.seeds is not None else sc["seeds"]
     work = Path(args.work or f"outputs/ablation/{args.scenario}").resolve()
     rows, t0 = [], time.perf_counter()
-    todo = [(v, s) for v in args.variants for s in seeds]
+    todo = [(v, s) for v in args.variants for s in (seeds[:1] if v in args.first_seed_only else seeds)]
     for i, (variant, seed) in enumerate(todo):
         print(f"[{i + 1}/{len(todo)}] {variant} seed {seed} ({time.perf_counter() - t0:.0f} s)", flush=True)
         try:
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     head = (f"# ChopGrad ablation, scenario {args.scenario}\n\n{machine}; torch {torch.__version__}; store "
             f"{args.store}; {args.steps} steps; seeds {seeds}; evaluation on the val split (sampler seed 0); "
             f"mean (min..max) over seeds; n/c: not computed (no feature weights given). "
-            f"Command: `python benchmarks/ablation.py --scenario {args.scenario}`; {time.perf_counter() - t0:.0f} s.\n\n")
+            f"Command: `python {' '.join(sys.argv)}`; {time.perf_counter() - t0:.0f} s.\n\n")
     failed = [f"- {r['variant']} seed {r['seed']}: failed: {r['failed'].splitlines()[0]}" for r in rows if "failed" in r]
     text = head + md + "\n" + ("\n" + "\n".join(failed) + "\n" if failed else "")
     results = HERE / "results"

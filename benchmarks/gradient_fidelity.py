@@ -12,7 +12,8 @@ Decoders:
 
 - ``random``: ``chopgrad_core.tiny.tiny_wan21()`` (random init, seed 0), random latents (N(0, 1))
   and random targets (U[-1, 1]); the seed draws the latents and targets.
-- ``trained``: the decoder ``make train`` fine-tunes, from a training run folder (``--checkpoint``,
+- ``trained``: the decoder of a training run's checkpoint (``make train``'s: the fitted sample
+  VAE, fine-tuned further when ``model.train_decoder`` is on; ``--checkpoint``,
   default ``outputs/train``: ``drivegen.model.checkpoint.find_latest(run)/vae/``, a diffusers
   AutoencoderKLWan folder). Targets are real frames of the run's clip store (the path in the
   checkpoint's config, read with ``drivegen.data.dataset.ClipDataset``): the store's consecutive

@@ -13,12 +13,13 @@ runs from any working directory.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
-from drivegen.errors import ConfigError
+from drivegen.errors import ConfigError, DrivegenError
 
-__all__ = ["CONFIG_DIR", "compose", "register_schema", "to_dataclass"]
+__all__ = ["CONFIG_DIR", "cli", "compose", "register_schema", "to_dataclass"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -64,3 +65,31 @@ def compose(cls: type[T], config_name: str, overrides: Any = (), schema: str | N
         cause = exc.__cause__ or exc
         raise ConfigError(f"{config_name}: {cause}") from None
     return to_dataclass(cls, cfg)
+
+
+def cli(config_name: str, cls: type[T], body: Callable[[T], Optional[int]]) -> Callable[[], None]:
+    """A stage's ``python -m`` entry point: Hydra composes ``configs/<config_name>.yaml`` (schema
+    ``<config_name>_schema`` = ``cls``, so overrides are type-checked) into ``cls``; ``body(config)``
+    runs and returns the exit status (None or 0: success). A DrivegenError (a wrong setting or
+    input; its message names the key or file and the fix) prints ``error: ...`` without a traceback
+    and exits 2.
+
+        main = cli("evaluate", EvaluateConfig, lambda c: 1 if run(c)["totals"]["failed"] else 0)
+        if __name__ == "__main__":
+            main()
+    """
+    import hydra
+
+    register_schema(f"{config_name}_schema", cls)
+
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
+    def main(cfg: Any) -> None:
+        try:
+            status = body(to_dataclass(cls, cfg))
+        except DrivegenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        if status:
+            sys.exit(status)
+
+    return main

@@ -7,29 +7,12 @@ mosaics). The layout probe is trained first when missing (``python -m drivegen.e
 
 from __future__ import annotations
 
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-from drivegen.config import CONFIG_DIR, register_schema, to_dataclass
-from drivegen.errors import DrivegenError
+from drivegen.config import cli
 from drivegen.evaluate.config import EvaluateConfig
 from drivegen.evaluate.run import run
 
-register_schema("evaluate_schema", EvaluateConfig)
-
-
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    try:
-        metrics = run(to_dataclass(EvaluateConfig, cfg))
-    except DrivegenError as exc:  # a wrong setting: the message names the key, no traceback needed
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    if metrics["totals"]["failed"]:
-        sys.exit(1)
-
+# exit 1 when a clip failed (the others are evaluated and reported)
+main = cli("evaluate", EvaluateConfig, lambda config: 1 if run(config)["totals"]["failed"] else 0)
 
 if __name__ == "__main__":
     main()

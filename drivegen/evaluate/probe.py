@@ -163,19 +163,6 @@ def main_from_config(cfg: EvaluateConfig) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    import hydra
-    from omegaconf import DictConfig
+    from drivegen.config import cli
 
-    from drivegen.config import CONFIG_DIR, register_schema, to_dataclass
-
-    register_schema("evaluate_schema", EvaluateConfig)
-
-    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
-    def main(cfg: DictConfig) -> None:
-        try:
-            main_from_config(to_dataclass(EvaluateConfig, cfg))
-        except DrivegenError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
-
-    main()
+    cli("evaluate", EvaluateConfig, lambda config: main_from_config(config) and None)()

@@ -49,7 +49,8 @@ class DataConfig:
     frames and control video, the pooled layout, the box tokens' inputs and the frames. A cached
     clip is neither read from the store nor encoded again (exact: the encoder is frozen and uses
     its posterior's mode). Clips past the budget are prepared every time; 0: no cache. Not used
-    with camera parallelism (each rank encodes only its cameras)."""
+    with camera parallelism (each rank encodes only its cameras) or DataLoader workers
+    (``num_workers`` > 0: they read ahead instead)."""
 
     def __post_init__(self) -> None:
         _check("data.batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")

@@ -143,7 +143,9 @@ class Trainer:
         self.decoder = chopgrad_core.wrap(self.vae)
         self.model = ControlledWan(cfg.model, transformer).to(self.device)
         # Prepared inputs of clips (data.cache_mb): exact, since the encoder is always frozen.
-        self.cache = {} if cfg.data.cache_mb > 0 and (self.par is None or self.par.cp == 1) else None
+        # With DataLoader workers (data.num_workers > 0) the workers read ahead instead.
+        self.cache = ({} if cfg.data.cache_mb > 0 and cfg.data.num_workers == 0 and (self.par is None or self.par.cp == 1)
+                      else None)
         self.cache_bytes = 0
         if tc.gradient_checkpointing:
             self.model.transformer.enable_gradient_checkpointing()
