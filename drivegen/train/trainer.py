@@ -360,8 +360,9 @@ class Trainer:
         summary = self.summary(time.perf_counter() - t0)
         # Every process runs these (the sharded model's forward is collective); rank 0 writes.
         if len(self.data) >= 2:  # does the model use its controls? (drivegen.train.control_gap)
-            clips = [prepare(torch.utils.data.default_collate([self.data[i]]), self.vae, self.space, self.device)
-                     for i in range(min(8, len(self.data)))]
+            clips = [self.prepared([i]) if self.cache is not None else
+                     prepare(torch.utils.data.default_collate([self.data[i]]), self.vae, self.space, self.device)
+                     for i in range(min(8, len(self.data)))]  # from the cache when training filled it
             summary["control_gap"] = {k: round(v, 4) for k, v in control_gap(self.model, clips).items()}
         if tc.sample_steps:
             summary["samples"] = self.write_samples()
