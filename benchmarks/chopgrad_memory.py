@@ -323,20 +323,92 @@ def issue15_cases(part: str) -> list[Case]:
     return _issue15_wan(P896, 8.0, False)  # full backprop: 254 GiB by the memory model
 
 
-def run_issue15(cases: list[Case]) -> list[Row]:
+# Issue 15, part c: what parts a and b left unmeasured, in one process within 8 minutes on one H200
+# (a 10-minute device call with the install). Expected seconds per case (with its warm-up) from
+# parts a and b; the CogVideoX strip cases are estimates (about 2x plain D=0, plus pinning the host
+# buffers of their saved pieces on the first call, about a second per GB).
+COG = dict(NAIVE, micro_batch=1, recompute=True, offload_cache=True)
+ISSUE15_C_BUDGET_S = 450.0  # 7.5 minutes of cases: the rest of the 8 is model set-up and the tables
+ISSUE15_C = [  # (case, expected seconds), in the order they run: the most needed first
+    (Case("naive", 17, 1, NAIVE, hw=P896), 6),
+    (Case("low_memory", 17, 1, _lm(8.0), hw=P896), 14),  # first call pins the host ring
+    (Case("naive", 17, 1, NAIVE, hw=P480), 3),
+    (Case("low_memory", 17, 1, _lm(6.0), hw=P480), 6),
+    (Case("naive", 121, 1, NAIVE, hw=P480), 8),
+    (Case("low_memory", 121, 1, _lm(6.0), hw=P480), 11),
+    (Case("naive", 17, 1, NAIVE, family="cogvideox", hw=C480), 5),
+    (Case("strips", 17, 1, dict(COG, memory_budget_gib=8.0), family="cogvideox", hw=C480), 15),
+    (Case("naive", 49, 1, NAIVE, family="cogvideox", hw=C480), 4),
+    (Case("strips", 49, 1, dict(COG, memory_budget_gib=8.0), family="cogvideox", hw=C480), 8),
+    (Case("strips", 17, 1, dict(COG, memory_budget_gib=16.0), family="cogvideox", hw=C848), 60),
+    (Case("naive", 121, 1, NAIVE, hw=P896), 27),
+    (Case("low_memory", 121, 1, _lm(8.0), hw=P896), 45),
+    (Case("low_memory-D1", 17, 1, _lm(8.0, window=1), hw=P896), 15),
+    (Case("strips", 49, 1, dict(COG, memory_budget_gib=16.0), family="cogvideox", hw=C848), 45),
+    (Case("naive-mb1", 17, 6, dict(NAIVE, micro_batch=1), hw=P896), 23),
+    (Case("low_memory", 17, 6, _lm(8.0), hw=P896), 37),
+    # The second copy stream against one, same inputs: the gradients must agree to bf16 rounding.
+    (Case("low_memory-1stream", 17, 1, _lm(8.0), hw=P896), 15),
+    # Expected out of memory (294 GiB by the memory model) last: an OOM fragments the allocator.
+    (Case("naive", 17, 1, NAIVE, family="cogvideox", hw=C848), 10),
+]
+
+
+def issue15_c_cases(budget_s: float = ISSUE15_C_BUDGET_S) -> list[Case]:
+    """Part c's cases, the longest dropped (but never the plain D=0 a kept case is compared with)
+    while the expected total exceeds ``budget_s``."""
+    kept = list(ISSUE15_C)
+    while sum(t for _, t in kept) > budget_s:
+        longest = max((e for e in kept if not e[0].name.startswith("naive") or e[0].hw == C848),
+                      key=lambda e: e[1])
+        kept.remove(longest)
+        base = (longest[0].family, longest[0].hw, longest[0].frames, longest[0].cameras)
+        if not any((c.family, c.hw, c.frames, c.cameras) == base for c, _ in kept if not c.name.startswith("naive")):
+            kept = [e for e in kept if not (e[0].name.startswith("naive")
+                                            and (e[0].family, e[0].hw, e[0].frames, e[0].cameras) == base)]
+        print(f"dropped {longest[0].family} {longest[0].hw} {longest[0].name} {longest[0].frames}x"
+              f"{longest[0].cameras} (expected {longest[1]} s): over the {budget_s:.0f} s budget", flush=True)
+    return [c for c, _ in kept]
+
+
+def model_issue15_c_cases() -> list[Case]:
+    """The memory model's view of the CogVideoX strips (CPU, fake tensors) at the issue's sizes."""
+    cases = []
+    for hw, budget in ((C480, 8.0), (C848, 16.0)):
+        for frames in (17, 49):
+            cases.append(Case("strips", frames, 1, dict(COG, memory_budget_gib=budget), family="cogvideox", hw=hw))
+    return cases
+
+
+def run_issue15(cases: list[Case], deadline: float | None = None, partial=None) -> list[Row]:
     """All cases in one process (pinned buffers are allocated once, as in training), warmed up per
     VAE and size with plain D=0 and each configuration at a short length. Notes: time against
     plain D=0 of the same size, frames and cameras; bf16 relative gradient difference to plain D=0."""
+    from chopgrad_core import engine
+    from chopgrad_core.decoder import CacheOffloader
+
     rows, vaes, warmed, plain_time, plain_grad = [], {}, set(), {}, {}
-    for case in cases:
+    lever_grad = {}
+    for n, case in enumerate(cases):
         hw = case.hw
+        if deadline is not None and time.perf_counter() > deadline:  # keep what was measured
+            for rest in cases[n:]:
+                rows.append(Row(f"{rest.family} {rest.hw[0]}x{rest.hw[1]} {rest.name}", rest.frames, rest.cameras,
+                                None, None, None, "not run: time budget"))
+            break
         if case.family not in vaes:
             vaes.clear()
+            engine.release_offload_buffers()  # the other family's pinned host buffers
             torch.cuda.empty_cache()
             vaes[case.family] = make_vae("full", "cuda", torch.bfloat16, case.family)
         vae = vaes[case.family]
-        short = 5 if case.family == "wan" else 17
-        key = (case.family, hw, json.dumps(case.kwargs, sort_keys=True), case.name == "full")
+        streams = 1 if case.name.endswith("-1stream") else 2
+        if streams != CacheOffloader.copy_streams:  # a fresh offloader with that many copy streams
+            CacheOffloader.copy_streams = streams
+            engine.release_offload_buffers()
+        # Warm-up: 5 frames (Wan), 9 (CogVideoX: one group of 3 latent frames).
+        short = 5 if case.family == "wan" else 9
+        key = (case.family, hw, json.dumps(case.kwargs, sort_keys=True), case.name == "full", streams)
         if key not in warmed and case.name != "full":
             warmed.add(key)
             measure_cuda(vae, Case(case.name, short, 1, case.kwargs, case.family, hw), hw, torch.bfloat16)
@@ -356,16 +428,26 @@ def run_issue15(cases: list[Case]) -> list[Row]:
                     and case.kwargs.get("window", 0) == 0:
                 g = grad.cpu()
                 notes.append(f"grad rel diff {float((g - ref).norm() / ref.norm()):.1e}")
+                other = lever_grad.get((case.family, hw, json.dumps(case.kwargs, sort_keys=True)))
+                if other is not None:  # same configuration, the other number of copy streams
+                    notes.append(f"vs {3 - streams} copy streams {float((g - other).norm() / other.norm()):.1e}")
+                lever_grad[(case.family, hw, json.dumps(case.kwargs, sort_keys=True))] = g
             if case.kwargs.get("memory_budget_gib"):
                 dec = cg.wrap(vae)
-                z = torch.empty(1, dec.latent_channels, 2, hw[0] // 8, hw[1] // 8, dtype=torch.bfloat16)
+                z = torch.empty(1, dec.latent_channels, latent_frames(case.frames), hw[0] // 8, hw[1] // 8,
+                                dtype=torch.bfloat16)
                 plan = dec.plan_recompute(z, case.kwargs["memory_budget_gib"])
                 notes.append(f"plan: strips {plan.strips}, keep {plan.keep_below}, "
                              f"ckpt offload {plan.offload_checkpoints}")
             row.note = "; ".join(notes)
+        elif row.note == "out of memory":
+            row.note = "out of memory (expected)" if case.family == "cogvideox" and hw == C848 else row.note
         del grad
         rows.append(row)
         print(fmt_row(rows[-1]), flush=True)
+        if partial is not None:  # results so far on disk after every case: a cut call still leaves them
+            partial(rows)
+    CacheOffloader.copy_streams = 2
     return rows
 
 
@@ -389,8 +471,12 @@ def model_issue15_cases() -> list[Case]:
 def scenario_cases(name: str) -> tuple[list[Case], tuple[int, int]]:
     if name in ("h200-issue15-a", "h200-issue15-b"):
         return issue15_cases(name[-1]), P480
+    if name == "h200-issue15-c":
+        return issue15_c_cases(), P480
     if name == "model-issue15":
         return model_issue15_cases(), P480
+    if name == "model-issue15-c":
+        return model_issue15_c_cases(), C480
     if name == "cpu-small":
         cases = []
         for frames in (9, 17, 33):
@@ -451,6 +537,8 @@ def main() -> None:
     ap.add_argument("--scenario", default="cpu-small")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--in-process", action="store_true", help="GPU: all cases in one process (no OOM cases)")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="h200-issue15-*: start no case after this many seconds (the rest: 'not run')")
     ap.add_argument("--plot", nargs="+", help="issue-15 result JSON files to plot (h200-issue15-a/-b, model-issue15)")
     ap.add_argument("--png", default=str(Path(__file__).parent / "chopgrad_memory_issue15.png"))
     ap.add_argument("--case", help=argparse.SUPPRESS)
@@ -464,9 +552,23 @@ def main() -> None:
     if args.plot:
         return plot_issue15(args.plot, args.png)
 
+    start = time.perf_counter()
     cases, hw = scenario_cases(args.scenario)
     rows: list[Row] = []
-    if args.scenario in ("model-480p", "model-issue15"):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write(rows, device_name):
+        table = render(rows, args.scenario, device_name, hw)
+        path = out / f"chopgrad_memory_{args.scenario}_{device_name}_{dt.date.today().isoformat()}.md"
+        path.write_text(table)
+        path.with_suffix(".json").write_text(json.dumps(dict(
+            scenario=args.scenario, device=device_name, hw=list(hw), torch=torch.__version__,
+            date=dt.date.today().isoformat(), seconds=round(time.perf_counter() - start, 1),
+            cases=[asdict(c) for c in cases], rows=[asdict(r) for r in rows]), indent=1) + "\n")
+        return table, path
+
+    if args.scenario in ("model-480p", "model-issue15", "model-issue15-c"):
         device_name = "cpu-model"
         for case in cases:
             rows.append(model_peak(case, hw))
@@ -474,7 +576,8 @@ def main() -> None:
             print(fmt_row(rows[-1]), flush=True)
     elif args.scenario.startswith("h200-issue15"):
         device_name = torch.cuda.get_device_name().replace(" ", "-")
-        rows = run_issue15(cases)
+        deadline = start + args.budget_s if args.budget_s else None
+        rows = run_issue15(cases, deadline, partial=lambda rows: write(rows, device_name))
     elif args.scenario == "h100-target":
         # One fresh process per case, warmed up with the case's own settings (see case_main).
         device_name = torch.cuda.get_device_name().replace(" ", "-")
@@ -518,17 +621,9 @@ def main() -> None:
                 refs[key] = run_case(vae, Case("full", case.frames, case.cameras), z, target)
             grad = run_case(vae, case, z, target)
             row.cosine = float(F.cosine_similarity(grad.flatten(), refs[key].flatten(), dim=0))
-    table = render(rows, args.scenario, device_name, hw)
+    table, path = write(rows, device_name)
     print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"chopgrad_memory_{args.scenario}_{device_name}_{dt.date.today().isoformat()}.md"
-    path.write_text(table)
-    path.with_suffix(".json").write_text(json.dumps(dict(scenario=args.scenario, device=device_name, hw=list(hw),
-                                                        torch=torch.__version__, date=dt.date.today().isoformat(),
-                                                        cases=[asdict(c) for c in cases],
-                                                        rows=[asdict(r) for r in rows]), indent=1) + "\n")
-    print(f"wrote {path} and .json")
+    print(f"wrote {path} and .json ({time.perf_counter() - start:.0f} s)")
 
 
 def plot_issue15(paths: list[str], png: str) -> None:

@@ -39,7 +39,7 @@ class ChopGradConfig:
     """Checkpoint the decoder's blocks inside a window (exact; about a third more compute)."""
     recompute_strips: int = 1
     """Recompute each full-resolution decoder block in this many horizontal strips, lower-resolution
-    blocks in fewer (exact; Wan only)."""
+    blocks in fewer (exact; CogVideoX: group-norm statistics in a pass of their own)."""
     offload_cache: bool = False
     """Hold the cache at each cut (sliding: every snapshot) in host memory until a window reads it (exact)."""
     memory_budget_gib: Optional[float] = None

@@ -107,14 +107,23 @@ class CacheOffloader:
     :meth:`store_tree` / :meth:`fetch_tree`.
 
     One host buffer per key and shape, reused group after group and call after call (pinning
-    memory costs about a second per GB, more than a whole window): a slot's next store is queued
-    on the side stream after its fetch, so the stream's order protects the buffer.
+    memory costs about a second per GB, more than a whole window). With ``copy_streams = 2`` (the
+    default) stores (device to host) and fetches (host to device) run on two side streams, so the
+    GPU's two copy engines move data both ways at once (at 896x1600 a group moves about 34 GiB each
+    way and back); events order a buffer's store after the fetch that last read it and a fetch after
+    the store that wrote it. With one stream, the stream's order does that.
     """
+
+    #: Side streams for copies: 2 (stores and fetches concurrently) or 1 (one queue for both).
+    copy_streams = 2
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
-        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.stream = torch.cuda.Stream(device) if self.cuda else None  # stores (and fetches with one stream)
+        self.fetch_stream = (torch.cuda.Stream(device) if self.cuda and self.copy_streams == 2 else self.stream)
+        self.written: dict[int, torch.cuda.Event] = {}  # host buffer -> its last store (two streams only)
+        self.read: dict[int, torch.cuda.Event] = {}  # host buffer -> its last fetch (two streams only)
         self.host: dict[Any, torch.Tensor] = {}  # key -> the buffer last stored under it
         self.buffers: dict[tuple, torch.Tensor] = {}  # (key, shape, dtype, turn) -> buffer
         self.events: dict[Any, torch.cuda.Event] = {}
@@ -145,8 +154,14 @@ class CacheOffloader:
         if not self.cuda:
             return host.copy_(t)
         self.stream.wait_stream(torch.cuda.current_stream(self.device))  # t is written on the compute stream
+        two = self.fetch_stream is not self.stream
+        if two and host.data_ptr() in self.read:  # a fetch may still be reading this buffer
+            self.stream.wait_event(self.read.pop(host.data_ptr()))
         with torch.cuda.stream(self.stream):
             host.copy_(t, non_blocking=True)
+            if two:
+                self.written[host.data_ptr()] = event = torch.cuda.Event()
+                event.record(self.stream)
         t.record_stream(self.stream)  # the allocator waits for the copy before reusing t's memory
         return host
 
@@ -156,12 +171,18 @@ class CacheOffloader:
         if not self.cuda:
             return [dev.copy_(host) for dev, (_, host) in zip(out, items)]
         # The new device blocks may be memory the compute stream used a moment ago: start after it.
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
+        stream = self.fetch_stream
+        two = stream is not self.stream
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
             for dev, (key, host) in zip(out, items):
+                if two and host.data_ptr() in self.written:  # its store must have landed
+                    stream.wait_event(self.written[host.data_ptr()])
                 dev.copy_(host, non_blocking=True)
                 self.events[key] = event = torch.cuda.Event()
-                event.record(self.stream)
+                event.record(stream)
+                if two:
+                    self.read[host.data_ptr()] = event
         return out
 
     def ready(self, key: Any) -> None:
@@ -185,6 +206,44 @@ class CacheOffloader:
         return CausalCache(map_tensors(lambda t: next(devs), cache.state))
 
 
+def strip_rows(rows: int, strips: int, halo: int) -> Iterator[tuple[int, int, int, int]]:
+    """(r0, r1, c0, c1) per horizontal strip of a map ``rows`` high: interior rows [r0, r1) and the
+    rows [c0, c1) computed for them, ``halo`` rows of context on each side (clipped at the edges)."""
+    if strips == 1:
+        yield 0, rows, 0, rows
+        return
+    step = -(-rows // strips)
+    for r0 in range(0, rows, step):
+        r1 = min(r0 + step, rows)
+        yield r0, r1, max(0, r0 - halo), min(rows, r1 + halo)
+
+
+class StripPlan:
+    """How a block is recomputed: in how many strips, and whether at all (selective recomputation).
+
+    A strip is at most ``ceil(H / strips)`` rows of the block's output (H = the decoded frame
+    height), so the full-resolution blocks, which hold most of the activations, get ``strips``
+    strips, half-resolution blocks half as many, and the low-resolution blocks, whose activations
+    are small and whose strips would be mostly halo and launch overhead, run whole. Blocks whose
+    input is at most ``keep_below`` times the latent size keep their activations instead.
+    """
+
+    def __init__(self, plan: RecomputePlan, upscale: int) -> None:
+        self.plan, self.strips, self.upscale = plan, plan.strips, upscale
+        self.latent_rows: int | None = None  # set per decoded group
+        self.max_rows: int | None = None  # rows of an output strip
+
+    def set_latent_rows(self, rows: int) -> None:
+        self.latent_rows = rows
+        self.max_rows = -(-rows * self.upscale // self.strips)
+
+    def count(self, out_rows: int) -> int:
+        return 1 if self.max_rows is None else max(1, -(-out_rows // self.max_rows))
+
+    def keep(self, in_rows: int) -> bool:
+        return self.latent_rows is not None and in_rows <= self.plan.keep_below * self.latent_rows
+
+
 @dataclass(frozen=True)
 class Group:
     """One decode step: latent frames ``latent`` decode to pixel frames ``pixel``."""
@@ -204,6 +263,9 @@ class CausalDecoder(abc.ABC):
 
     #: Human-readable family name, used in error messages.
     family: str = "?"
+
+    #: Plans the levers from the frame size (coefficients per family, :mod:`chopgrad_core.memory`).
+    planner = staticmethod(plan_recompute)
 
     #: ``decode_group`` takes ``offload``/``store`` and moves cache slots to and from host memory
     #: one at a time while it decodes; otherwise the engine moves whole caches between groups.
@@ -268,9 +330,9 @@ class CausalDecoder(abc.ABC):
         h, w = latents.shape[-2:]
         s = self.spatial_scale
         channels, frames = self.full_resolution_map(latents.shape[2])
-        return plan_recompute(height=h * s, width=w * s, channels=channels, frames=frames,
-                              element_size=latents.element_size(), budget_gib=budget_gib, strips=strips,
-                              offload_available=offload_available)
+        return self.planner(height=h * s, width=w * s, channels=channels, frames=frames,
+                            element_size=latents.element_size(), budget_gib=budget_gib, strips=strips,
+                            offload_available=offload_available)
 
     def full_resolution_map(self, num_latent_frames: int) -> tuple[int, int]:
         """(channels, frames) of the decoder's full-resolution feature map for one group (planning)."""

@@ -27,12 +27,15 @@ Memory levers (optional, beyond the paper):
 - ``recompute``: inside a window the decoder's blocks are checkpointed with their cache slots
   passed explicitly (see the adapter), so only block inputs are kept for backward. Exact.
   ``recompute_strips`` recomputes each full-resolution block in horizontal strips with a halo
-  covering the block's receptive field (Wan; fewer strips at lower resolutions), so one strip's
-  activations live at a time. Exact.
+  covering the block's receptive field (fewer strips at lower resolutions), so one strip's
+  activations live at a time. Exact: Wan's blocks are local; CogVideoX's group norms take their
+  statistics over the whole frame group in a pass of their own, and backward pulls the
+  statistics' gradients through a second pass (``adapters/cogvideox.py``).
 - ``offload_cache``: the cache at a cut (with sliding D >= 1: every snapshot a later window starts
-  from) waits in host memory (pinned, copied on a side stream) until a window reads it, so one
-  cache, not two, lives on the device. With the Wan adapter every slot leaves as soon as it is
-  written and comes back a block ahead of its first read; other adapters move whole caches. Host
+  from) waits in host memory (pinned, copied on side streams: stores and fetches on two, so both
+  directions move at once) until a window reads it, so one cache, not two, lives on the device.
+  With the Wan adapter every slot leaves as soon as it is written and comes back a block ahead of
+  its first read; the CogVideoX adapter does the same per resnet's cache entry. Host
   buffers rotate in a ring of D + 2 per slot, so a snapshot survives until the last window that
   reads it (its backward re-reads the cache it started from). On the CPU the same bookkeeping
   runs with plain copies (nothing saved; it keeps the path tested). Exact.
@@ -46,8 +49,8 @@ Memory levers (optional, beyond the paper):
   blocks, cheap to store and a large share of the decoder's compute, instead of recomputing them.
   The CogVideoX adapter recomputes each resnet, upsampler and its head once (diffusers' own
   checkpointing nests up blocks over resnets: three forwards per resnet), drops the 1x1x1 convs'
-  unread cache copies and offloads checkpoint inputs; its group norms span the frame group, so it
-  has no strips. Exact.
+  unread cache copies, offloads checkpoint inputs (as the strips' row ranges) and plans its strips
+  with :func:`chopgrad_core.memory.plan_recompute_cogvideox` (no kept levels). Exact.
 - ``tile``: the backward pass runs over spatial tiles of (th, tw) latent pixels, each decoded with
   ``tile_halo`` latent pixels of context on every side (the paper's spatial truncation). The
   forward stays exact (an extra no-grad decode of the full frame gives every frame, loss value and
@@ -168,7 +171,7 @@ def pixel_loss(
         micro_batch: back-propagate this many batch elements (cameras) at a time.
         recompute: checkpoint the decoder's blocks inside a window (explicit cache snapshot/restore).
         recompute_strips: recompute each full-resolution block in this many horizontal strips,
-            lower-resolution blocks in proportionally fewer (exact; Wan only), so only one strip's
+            lower-resolution blocks in proportionally fewer (exact), so only one strip's
             activations live during backward.
         offload_cache: keep the cache at each cut (and sliding's snapshots) in host memory until a
             window reads it (pinned memory and a side stream on CUDA).

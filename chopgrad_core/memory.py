@@ -106,3 +106,47 @@ def plan_recompute(*, height: int, width: int, channels: int, frames: int, eleme
                                  keep_below=keep)
     # The budget is below what the levers reach: every lever on, strips as thin as they go.
     return RecomputePlan(strips=strips or max(1, height // 8), offload_checkpoints=offload_available)
+
+
+# CogVideoX (``plan_recompute_cogvideox``), in units of the decoder's full-resolution map of a group
+# (128 channels x 8 or 9 frames), read off the fake-tensor memory model (``--scenario model-issue15-c``;
+# 480x720, 17 frames: 8.57 / 5.63 GiB at 3 / 6 strips, so 3.42 units + 23.8 units per frame height
+# of strip rows):
+# - held through the backward pass of the first full-resolution resnet, whatever the strips: its
+#   input gradient (the 256-channel upsampled map: 2 units), its output gradient (1), the input
+#   cache entries on their way back, the loss's buffers;
+_COG_HELD = 3.6
+# - the block inputs of a group when they stay on the device (not offloaded): about 7.4 units at
+#   480x720 (every resnet's input at full and half resolution);
+_COG_INPUTS_ON_DEVICE = 9.0
+# - one strip's working set in backward per row (256 channels in, the causal conv's two cached
+#   frames concatenated, two strips' input rows: the one recomputed and the next one arriving);
+_COG_STRIP_PER_ROW = 23.8
+_COG_HALO_ROWS = 4
+
+
+def plan_recompute_cogvideox(*, height: int, width: int, channels: int, frames: int, element_size: int,
+                             budget_gib: float | None, strips: int | None = None,
+                             offload_available: bool = True) -> RecomputePlan:
+    """A :class:`RecomputePlan` for the CogVideoX decoder (strips through its group norms).
+
+    Its group norms need a statistics pass per strip set (see ``adapters/cogvideox.py``), and no
+    level is kept (``keep_below`` is Wan's). Checkpoint inputs stay on the device where the budget
+    allows; the fewest strips that fit.
+    """
+    if budget_gib is None:
+        return RecomputePlan(strips=strips or 1)
+    if budget_gib <= 0:
+        raise ValueError(f"memory budget must be > 0 GiB, got {budget_gib}")
+    unit = feature_unit_bytes(channels, frames, height, width, element_size)
+    budget = budget_gib * GIB * 0.85 / unit
+    per_row = _COG_STRIP_PER_ROW / height
+    for offload in (False, True):
+        if offload and not offload_available:
+            continue
+        free = budget - _COG_HELD - (0.0 if offload else _COG_INPUTS_ON_DEVICE)
+        rows = int(free / per_row) - _COG_HALO_ROWS
+        # Thin strips cost halo rows and launches, but CogVideoX has no kept levels to trade instead.
+        if rows >= min(_MIN_ROWS, height) or (offload and rows >= 16):
+            return RecomputePlan(strips=strips or max(1, -(-height // rows)), offload_checkpoints=offload)
+    return RecomputePlan(strips=strips or max(1, height // 8), offload_checkpoints=offload_available)

@@ -45,7 +45,7 @@ from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import (CACHE_T, WanResample, WanResidualBlock, WanUpBlock,
                                                               unpatchify)
 
-from chopgrad_core.decoder import CacheOffloader, CausalCache, CausalDecoder, Group
+from chopgrad_core.decoder import CacheOffloader, CausalCache, CausalDecoder, Group, StripPlan, strip_rows
 from chopgrad_core.memory import RecomputePlan
 
 
@@ -122,7 +122,7 @@ class WanDecoder(CausalDecoder):
         decoder = self.vae.decoder
         # Every upsampler doubles the rows: the decoded frame is 2^(number of upsamplers) latent rows.
         ups = sum(1 for m in decoder.modules() if isinstance(m, WanResample) and m.mode.startswith("upsample"))
-        strips = _StripPlan(plan, 2**ups)
+        strips = StripPlan(plan, 2**ups)
         io = self._io
         if offloader is not None:
             # Slots fetched from host are saved as their host copy in any case (no copy back);
@@ -164,33 +164,7 @@ class WanDecoder(CausalDecoder):
 _HALO = 2
 
 
-class _StripPlan:
-    """How a block is recomputed: in how many strips, and whether at all (selective recomputation).
-
-    A strip is at most ``ceil(H / strips)`` rows of the block's output (H = the decoded frame
-    height), so the full-resolution blocks, which hold most of the activations, get ``strips``
-    strips, half-resolution blocks half as many, and the low-resolution blocks, whose activations
-    are small and whose strips would be mostly halo and launch overhead, run whole. Blocks whose
-    input is at most ``keep_below`` times the latent size keep their activations instead.
-    """
-
-    def __init__(self, plan: RecomputePlan, upscale: int) -> None:
-        self.plan, self.strips, self.upscale = plan, plan.strips, upscale
-        self.latent_rows: int | None = None  # set per decoded group
-        self.max_rows: int | None = None  # rows of an output strip
-
-    def set_latent_rows(self, rows: int) -> None:
-        self.latent_rows = rows
-        self.max_rows = -(-rows * self.upscale // self.strips)
-
-    def count(self, out_rows: int) -> int:
-        return 1 if self.max_rows is None else max(1, -(-out_rows // self.max_rows))
-
-    def keep(self, in_rows: int) -> bool:
-        return self.latent_rows is not None and in_rows <= self.plan.keep_below * self.latent_rows
-
-
-def _decoder_forward(decoder, head, plan: _StripPlan, io: _SlotIO, x, feat_cache=None, feat_idx=[0],  # noqa: B006
+def _decoder_forward(decoder, head, plan: StripPlan, io: _SlotIO, x, feat_cache=None, feat_idx=[0],  # noqa: B006
                      first_chunk=False):
     """``WanDecoder3d.forward`` (diffusers 0.42.1) with the head as a recomputed block."""
     if feat_cache is None:
@@ -229,7 +203,7 @@ def _cached_conv(conv, x, feat_cache, feat_idx):
     return x
 
 
-def _recomputed(params: list[torch.nn.Parameter], forward, num_slots: int, scale: int, plan: _StripPlan,
+def _recomputed(params: list[torch.nn.Parameter], forward, num_slots: int, scale: int, plan: StripPlan,
                 io: _SlotIO):
     """``forward(x, feat_cache, feat_idx)`` of a Wan block, recomputed in backward with explicit cache slots.
 
@@ -409,15 +383,7 @@ def _run_block(forward, num_slots: int, x: torch.Tensor, slots_in) -> tuple:
     return y, local
 
 
-def _strip_rows(rows: int, strips: int):
-    """(r0, r1, c0, c1): interior rows [r0, r1) and the rows [c0, c1) computed for them (halo)."""
-    if strips == 1:
-        yield 0, rows, 0, rows
-        return
-    step = -(-rows // strips)
-    for r0 in range(0, rows, step):
-        r1 = min(r0 + step, rows)
-        yield r0, r1, max(0, r0 - _HALO), min(rows, r1 + _HALO)
+_strip_rows = functools.partial(strip_rows, halo=_HALO)
 
 
 def _forward_in_strips(forward, num_slots: int, scale: int, strips: int, x: torch.Tensor, slots_in) -> tuple:
@@ -444,7 +410,7 @@ def _forward_in_strips(forward, num_slots: int, scale: int, strips: int, x: torc
 class _RecomputedBlock(torch.autograd.Function):
     """Activation checkpointing of one Wan block, with its cache slots as explicit inputs/outputs.
 
-    Forward runs without saving activations, in horizontal strips (:class:`_StripPlan`) where the
+    Forward runs without saving activations, in horizontal strips (:class:`StripPlan`) where the
     block is large. Backward recomputes the block and pulls the output gradients through it in the
     same strips, each recomputed on its rows plus ``_HALO`` rows of context: the blocks are local
     (3x3 convolutions, per-pixel norms), so every strip's interior, and hence the output and the
