@@ -10,7 +10,8 @@
   also when the driver fails or is interrupted.
 - ``map_unordered``: one item per actor at a time, the next to whichever frees up first; an actor
   that died more often than ``max_restarts`` allows turns into a failure row for its item, never
-  into an exception that would stop the batch.
+  into an exception that would stop the batch. An actor that is only unreachable for now (its node
+  was lost and Ray has not declared it dead yet) gets its item again (``unavailable``).
 - ``reason`` and ``format_table``: one failure wording and one summary table for every stage.
 """
 
@@ -24,7 +25,7 @@ from typing import Any, Optional
 
 from drivegen.errors import ConfigError
 
-__all__ = ["RayConfig", "actors", "format_table", "init_ray", "map_unordered", "reason"]
+__all__ = ["RayConfig", "actors", "format_table", "init_ray", "map_unordered", "reason", "unavailable"]
 
 
 @dataclass(kw_only=True)
@@ -108,12 +109,27 @@ def map_unordered(pool: Sequence[Any], items: Iterable[Any], call: Callable[[Any
         actor, item = in_flight.pop(ref)
         try:
             result = ray.get(ref)
-        except Exception as exc:  # the actor died more often than ray.max_restarts allows
-            result = failed(item, exc)
+        except Exception as exc:
+            if unavailable(exc):  # not lost: the same actor gets the item again
+                in_flight[call(actor, item)] = (actor, item)
+                continue
+            result = failed(item, exc)  # the actor died more often than ray.max_restarts allows
         if queue:
             nxt = queue.pop(0)
             in_flight[call(actor, nxt)] = (actor, nxt)
         yield item, result
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether a task failed only because its actor cannot be reached for now (Ray's
+    ActorUnavailableError), e.g. its node was lost and the cluster has not declared the node dead
+    yet (Ray's health checks take about 15 s). Ray counts every such attempt against
+    ``max_task_retries`` and retries within seconds, so a lost node uses the retries up before the
+    actor is restarted; the stages submit the item again instead, to the same actor: Ray runs it
+    once the actor is back, or raises ActorDiedError when it died more often than ``max_restarts``."""
+    from ray.exceptions import ActorUnavailableError
+
+    return isinstance(exc, ActorUnavailableError)
 
 
 def reason(exc: BaseException) -> str:

@@ -13,8 +13,10 @@ Steps (`run`):
    time (`drivegen.data.store` says how that stays safe).
 2. Start Ray (embedded local instance unless `ray.address` or RAY_ADDRESS names a cluster) and
    `ray.num_workers` `ClipWorker` actors. Actors restart when their process dies
-   (`ray.max_restarts`) and Ray retries the task they were running (`ray.max_task_retries`): clip
-   writes are idempotent (`drivegen.data.store.write_clip`), so a retry never duplicates or loses a clip.
+   (`ray.max_restarts`) and Ray retries the task they were running (`ray.max_task_retries`; a task
+   whose actor is only unreachable for now, its node lost, is submitted again:
+   `drivegen.workpool.unavailable`): clip writes are idempotent (`drivegen.data.store.write_clip`),
+   so a retry never duplicates or loses a clip.
 3. Plan and write: a worker opens a log (a log that cannot be read is recorded with its reason)
    and then writes its clips that are not yet in the store: it renders the conditions of their
    frames (`conditions.render_frame`), resizes the images and writes each clip atomically. It
@@ -44,7 +46,7 @@ from drivegen.data.clips import clip_starts
 from drivegen.data.preprocess.config import PreprocessConfig
 from drivegen.data.preprocess.worker import ClipWorker
 from drivegen.errors import PreprocessConfigError
-from drivegen.workpool import actors, format_table, init_ray, reason
+from drivegen.workpool import actors, format_table, init_ray, reason, unavailable
 
 __all__ = ["format_summary", "run", "verify"]
 
@@ -139,6 +141,11 @@ def run(config: PreprocessConfig, refs: Optional[list] = None, opener: Callable 
             tasks = [task for task, j, _, _ in in_flight.values() if j == i]
             return len(tasks), "plan" in tasks
 
+        def submit(task: str, i: int, name: str, start: int) -> None:
+            ref = logs[name].ref
+            future = workers[i].plan.remote(ref) if task == "plan" else workers[i].write_clip.remote(ref, start)
+            in_flight[future] = (task, i, name, start)
+
         def fill(i: int) -> None:
             while True:
                 count, planning = busy(i)
@@ -148,14 +155,13 @@ def run(config: PreprocessConfig, refs: Optional[list] = None, opener: Callable 
                 if name is None or not remaining.get(name):
                     if unplanned:
                         name = current[i] = unplanned.popleft()
-                        in_flight[workers[i].plan.remote(logs[name].ref)] = ("plan", i, name, -1)
+                        submit("plan", i, name, -1)
                         continue
                     open_logs = [n for n, q in remaining.items() if q]
                     if not open_logs:
                         return
                     name = current[i] = max(open_logs, key=lambda n: len(remaining[n]))
-                start = remaining[name].popleft()
-                in_flight[workers[i].write_clip.remote(logs[name].ref, start)] = ("clip", i, name, start)
+                submit("clip", i, name, remaining[name].popleft())
 
         def finish_if_done(name: str) -> None:
             if not remaining.get(name) and all(n != name for _, _, n, _ in in_flight.values()):
@@ -173,8 +179,11 @@ def run(config: PreprocessConfig, refs: Optional[list] = None, opener: Callable 
             state = logs[name]
             try:
                 result = ray.get(future)
-            except Exception as exc:  # the worker died more often than max_restarts allows
-                result = {"ok": False, "status": "failed", "reason": reason(exc)}
+            except Exception as exc:
+                if unavailable(exc):  # not lost: the same worker gets the task again
+                    submit(task, i, name, start)
+                    continue
+                result = {"ok": False, "status": "failed", "reason": reason(exc)}  # died beyond max_restarts
             if task == "plan":
                 if result.get("ok"):
                     state.frames, state.cameras = result["frames"], result["cameras"]
