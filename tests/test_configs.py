@@ -36,6 +36,7 @@ DIFFERS = {
     ("model/tiny.yaml", "control_input"): "the control also enters the main stream",
     ("model/tiny.yaml", "control_skip"): "x0 = control-video latents + the transformer's output",
     ("model/tiny.yaml", "vae"): "the tiny VAE fitted to the sample world",
+    ("model/tiny.yaml", "patch_size"): "the sample VAE compresses 4x in space",
     ("model/wan2.1_vace_1.3b.yaml", "num_attention_heads"): "the released checkpoint's shape",
     ("model/wan2.1_vace_1.3b.yaml", "attention_head_dim"): "the released checkpoint's shape",
     ("model/wan2.1_vace_1.3b.yaml", "num_layers"): "the released checkpoint's shape",
@@ -157,7 +158,8 @@ class TestComposedConfigs:
     def test_train_composes_to_its_presets(self):
         cfg = compose(TrainConfig, "train")
         assert cfg.trainer == TrainerConfig() and cfg.data == DataConfig() and cfg.chopgrad == ChopGradConfig()
-        assert cfg.model == dataclasses.replace(ModelConfig(), control_input=True, control_skip=True, vae="sample")
+        assert cfg.model == dataclasses.replace(ModelConfig(), control_input=True, control_skip=True, vae="sample",
+                                                patch_size=[1, 4, 4])
 
     @pytest.mark.parametrize("name, cls, override, key", [
         ("train", TrainConfig, "trainer.steps=abc", "trainer.steps"),

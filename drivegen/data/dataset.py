@@ -206,15 +206,16 @@ class ClipDataset(torch.utils.data.Dataset):
         state["_root"], state["_root_pid"], state["_manifests"] = None, None, {}  # reopened lazily in the worker
         return state
 
-    def _group(self, clip: str) -> zarr.Group:
-        """The clip's group, after checking that every file of its manifest is there with its size
-        (a few stat calls): Zarr reads a missing chunk or shard as zeros, which must never reach
-        training. The manifest is read once per clip and process; the files are checked every time."""
+    def _group(self, clip: str, arrays: Optional[Sequence[str]] = None) -> zarr.Group:
+        """The clip's group, after checking that every file of its manifest (of ``arrays`` only,
+        when given: those about to be read) is there with its size (a few stat calls): Zarr reads a
+        missing chunk or shard as zeros, which must never reach training. The manifest is read once
+        per clip and process; the files are checked every time."""
         if self._root is None or self._root_pid != os.getpid():
             self._root, self._root_pid, self._manifests = open_root(self.path), os.getpid(), {}
         if clip not in self._manifests:
             self._manifests[clip] = read_manifest(self.path, clip)
-        check_clip(self.path, clip, self._manifests[clip])
+        check_clip(self.path, clip, self._manifests[clip], arrays=arrays)
         return self._root[f"{CLIPS}/{clip}"]
 
     @contextlib.contextmanager
@@ -228,6 +229,19 @@ class ClipDataset(torch.utils.data.Dataset):
             raise StoreError(f"clip {clip!r} of store {self.path!r} cannot be read ({exc.__class__.__name__}: {exc}); "
                              f"run `python -m drivegen.preprocess out={self.path} verify=true` to check the store, then "
                              "without verify=true to rewrite the broken clips") from None
+
+    def images(self, index: int) -> torch.Tensor:
+        """Item ``index``'s camera frames alone, (T, K, 3, H, W) in [-1, 1]: what fitting a VAE reads
+        (no conditions; the clip must have images). Random sampling draws its offset as ``[]`` does."""
+        item = self._items[index]
+        offset = item.offset if item.offset >= 0 else int(torch.randint(0, item.max_offset + 1, ()).item())
+        if not bool(self._attrs[item.clip]["has_images"]):
+            raise StoreError(f"clip {item.clip!r} of store {self.path!r} has no camera images (a conditions-only log)")
+        group = self._group(item.clip, arrays=["images"])
+        with self._reading(item.clip):
+            images = np.ascontiguousarray(group["images"].oindex[slice(offset, offset + self.clip_length),
+                                                                 self._camera_index[item.clip]])
+        return torch.from_numpy(images).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self._items[index]

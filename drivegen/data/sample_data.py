@@ -1,6 +1,7 @@
 """Bundled sample logs: one synthetic world written as a nuScenes dataroot and a Waymo segment.
 
     python -m drivegen.data.sample_data [--out datasets/sample] [--image-size H W] [--seed 0] [--force]
+                                        [--nuscenes-scenes 3]
 
 The world is `conditions.demo`'s city (map, agents, ego path), moving linearly in time: agent and
 ego positions at any timestamp are exact, so a reader's interpolated boxes can be checked against
@@ -610,10 +611,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", nargs=2, type=int, default=DEFAULT_IMAGE_SIZE, metavar=("H", "W"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rewrite even if --out already holds files")
+    parser.add_argument("--nuscenes-scenes", type=int, default=NUSCENES_SCENES,
+                        help=f"scenes of the drive written as nuScenes dataroots (default {NUSCENES_SCENES})")
     args = parser.parse_args(argv)
     existed = Path(args.out).exists() and any(Path(args.out).iterdir())
     try:
-        logs = generate_sample_logs(args.out, tuple(args.image_size), args.seed, args.force)
+        logs = generate_sample_logs(args.out, tuple(args.image_size), args.seed, args.force,
+                                    nuscenes_scenes=args.nuscenes_scenes)
     except DrivegenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

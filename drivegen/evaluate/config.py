@@ -58,8 +58,15 @@ class ProbeConfig:
     """Seeds the probe's initialisation and frame order."""
     min_box_pixels: int = 8
     """Box recall counts a box as visible when its footprint has at least this many pixels."""
+    augment: float = 0.5
+    """Share of training batches photometrically degraded (``drivegen.evaluate.probe.degrade``:
+    Gaussian blur, sensor noise, brightness and contrast; labels unchanged), as perception models
+    are trained. Without it the probe reads the training frames' sharpness and noise as much as
+    their layout: on the sample world a 3x3 blur of the real val frames cost it 0.76 -> 0.63 mIoU
+    (lane dividers 0.80 -> 0.01), so it scored softness, not where things are. 0: off."""
 
     def __post_init__(self) -> None:
+        _check("probe.augment", self.augment, 0 <= self.augment <= 1, "a share in [0, 1]")
         for key in ("steps", "batch_size", "width", "min_box_pixels"):
             value = getattr(self, key)
             _check(f"probe.{key}", value, isinstance(value, int) and value >= 1, "an integer >= 1")

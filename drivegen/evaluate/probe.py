@@ -10,7 +10,9 @@ Steps:
    single images, so rigs mix freely), with their layout classes (``layout_classes``).
 2. Train: Adam with cosine decay, cross-entropy weighted by the inverse square root of each
    class's pixel share (thin lane lines and small agents would otherwise be ignored next to the
-   road surface), random horizontal flips (the classes have no handedness).
+   road surface), random horizontal flips (the classes have no handedness), and in a share of
+   the batches (``probe.augment``) photometric degradation (``degrade``), so that the probe reads
+   where things are rather than how sharp or noisy the camera was.
 3. Score on the val frames; save weights and scores, atomically, to ``probe.path`` (default: beside
    the store). With no val clips (a store written without a split) the ceiling is not computed.
 
@@ -33,7 +35,32 @@ from drivegen.evaluate.config import EvaluateConfig
 from drivegen.model.probe import (PROBE_CLASSES, BoxRecall, Confusion, LayoutProbe, default_probe_path,
                                   layout_classes, save_probe)
 
-__all__ = ["load_frames", "probe_path", "score_real", "split_logs", "train_probe"]
+__all__ = ["degrade", "load_frames", "probe_path", "score_real", "split_logs", "train_probe"]
+
+
+def degrade(x_N3HW: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Frames in [-1, 1] with a random photometric degradation per frame: Gaussian blur (sigma 0 to
+    1.5 px), sensor noise (std 0 to 0.06), brightness (+-0.1) and contrast (x 0.85 to 1.15).
+    Written here rather than taken from torchvision: PyPI's torchvision does not load beside the
+    pinned CPU torch (an operator registration error), and this is two convolutions."""
+    n = x_N3HW.shape[0]
+    u = torch.rand(n, 4, generator=gen)
+    sigma = 1.5 * u[:, 0]
+    r = torch.arange(-3, 4, dtype=torch.float32)
+    k = torch.exp(-0.5 * (r[None] / sigma.clamp_min(1e-3)[:, None]) ** 2)
+    k = k / k.sum(dim=1, keepdim=True)  # (N, 7): sigma ~0 gives the identity kernel
+    c = x_N3HW.shape[1]
+    # Separable blur as a grouped convolution: one kernel per frame, shared by its channels.
+    y = x_N3HW.reshape(1, n * c, *x_N3HW.shape[2:])
+    kk = k.repeat_interleave(c, dim=0)
+    y = F.conv2d(F.pad(y, (3, 3, 0, 0), mode="replicate"), kk[:, None, None, :], groups=n * c)
+    y = F.conv2d(F.pad(y, (0, 0, 3, 3), mode="replicate"), kk[:, None, :, None], groups=n * c)
+    y = y.reshape_as(x_N3HW)
+    mean = y.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = (0.85 + 0.3 * u[:, 2]).view(n, 1, 1, 1)
+    bright = (0.2 * u[:, 3] - 0.1).view(n, 1, 1, 1)
+    noise = torch.randn(y.shape, generator=gen) * (0.06 * u[:, 1]).view(n, 1, 1, 1)
+    return ((y - mean) * contrast + mean + bright + noise).clamp(-1, 1)
 
 
 def probe_path(cfg: EvaluateConfig, store: Path) -> Path:
@@ -114,6 +141,8 @@ def train_probe(cfg: EvaluateConfig, store: Path, show_progress: bool = True) ->
         x, y = images[idx], classes[idx]
         if torch.rand((), generator=gen) < 0.5:
             x, y = x.flip(-1), y.flip(-1)
+        if torch.rand((), generator=gen) < pc.augment:
+            x = degrade(x, gen)
         loss = F.cross_entropy(probe(x), y, weight=weight)
         if not torch.isfinite(loss):
             raise DrivegenError(f"probe training: non-finite loss at step {step}; lower probe.lr={pc.lr}")
@@ -129,6 +158,7 @@ def train_probe(cfg: EvaluateConfig, store: Path, show_progress: bool = True) ->
     info: dict[str, Any] = {
         "store": str(store.resolve()), "image_size": [int(h), int(w)], "train_logs": train["logs"],
         "train_frames": n, "val_logs": val["logs"], "steps": pc.steps, "batch_size": pc.batch_size, "lr": pc.lr,
+        "augment": pc.augment,
         "seed": pc.seed, "class_share": {PROBE_CLASSES[c]: float(s) for c, s in enumerate(share) if s > 0},
         "train": score_real(probe, train, pc.min_box_pixels),
         "val": score_real(probe, val, pc.min_box_pixels) if val["n"] else None,

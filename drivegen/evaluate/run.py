@@ -121,6 +121,13 @@ def ensure_probe(cfg: EvaluateConfig, store: Path, image_size: list[int]) -> tup
         if info.get("train_logs") != split_logs(store, "train"):
             why = (f"it was trained on logs {info.get('train_logs')}, the store's train split now holds "
                    f"{split_logs(store, 'train')}")
+        else:
+            # A probe trained with other settings measures something else (probes written before
+            # probe.augment existed were trained without it).
+            wanted = {k: getattr(cfg.probe, k) for k in ("steps", "batch_size", "lr", "seed", "augment")}
+            found = {k: info.get(k, 0.0 if k == "augment" else None) for k in wanted}
+            if found != wanted:
+                why = f"it was trained with probe settings {found}, the config asks for {wanted}"
     if why is not None:
         if not cfg.probe.train:
             raise ProbeError(f"probe.path={str(path)!r}: {why} and probe.train=false; train one with "

@@ -136,6 +136,9 @@ class ModelConfig:
     """Blocks that receive a control hint (must include 0)."""
     latent_channels: int = 16
     """VAE latent channels (Wan 2.1 VAE: 16)."""
+    patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])
+    """Latent patch per token (t, h, w) (Wan: 1 2 2). With a VAE of 4x spatial compression (the
+    sample VAE) 1 4 4 gives the same tokens per pixel as Wan's 8x VAE with 1 2 2."""
     layout_channels: int = 19
     """Semantic layout channels pooled into the control branch: conditions.LAYOUT_CHANNELS less
     the instance ids (arbitrary labels, meaningless once averaged)."""
@@ -215,6 +218,7 @@ class ControlledWan(nn.Module):
             num_attention_heads=config.num_attention_heads, attention_head_dim=config.attention_head_dim,
             in_channels=config.latent_channels, out_channels=config.latent_channels, text_dim=d,
             ffn_dim=config.ffn_dim, num_layers=config.num_layers, vace_layers=list(config.vace_layers),
+            patch_size=tuple(config.patch_size),
             vace_in_channels=config.latent_channels + config.layout_channels)
         if config.control_input:
             self.transformer.patch_embedding = ControlPatchEmbedding(

@@ -19,14 +19,14 @@ from drivegen.errors import ConfigError
 __all__ = ["SAMPLE_VAE", "fit_latent_stats", "load_pretrained", "load_vae", "tiny_vae"]
 
 SAMPLE_VAE = Path(__file__).resolve().parent / "assets" / "sample_vae"
-"""``model.vae=sample``: a tiny Wan 2.1-layout VAE (base_dim 16, 16 latent channels, 8x spatial and
-4x temporal compression, 254k parameters, 1 MB) fitted as an autoencoder to the sample world's
-train-split frames (the logs of ``drivegen.data.sample_data`` but scene-drivegen-0003 and the
-Waymo segment, which make train holds out as val) at 64x112, so the embedded default never
-downloads weights and starts from a decoder that draws the sample world. Made with
-``python -m drivegen.model.fit_vae --base-dim 16 --batch-clips 4`` (1152 steps on one H200, 4 min;
-then 1439 more at half the learning rate; 8.5 min on one H200); its card, with how well it
-reconstructs the val split, is README.md beside the weights."""
+"""``model.vae=sample``: a tiny Wan 2.1-layout VAE (base_dim 16, 16 latent channels, 4x spatial and
+4x temporal compression, 213k parameters, 0.9 MB) fitted as an autoencoder at 64x112 to the sample
+world's train-split frames and to seven more sample worlds' first two scenes (never
+scene-drivegen-0003 or the Waymo segment, which make train holds out as val), so the embedded
+default never downloads weights and starts from a decoder that draws the sample world. Made with
+``python -m drivegen.model.fit_vae --spatial 4 --base-dim 16`` on one H200 (4400 steps in three
+fits); its card, with the commands and how well it reconstructs the val split, is README.md beside
+the weights."""
 
 
 def fit_latent_stats(vae, data, clips: int = 8):
