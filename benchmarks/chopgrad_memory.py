@@ -12,6 +12,10 @@ Named scenarios (``--scenario``):
 - ``h100-target``: issue 2's target, the ``low_memory`` preset against naive D=0 at 17 and 121
   frames, 1 and 6 cameras; each case in a fresh process warmed up with its own settings.
 - ``h100-explore``: a few lever combinations at 17 and 33 frames, one camera, to choose defaults.
+- ``h200-issue15-a`` ... ``-f``: issue 15 on one H200, every case against plain D=0 in the same
+  process, each timed case after an untimed call with its own settings (``--budget-s``, ``--out``);
+  ``-d``: Wan 480x832 and CogVideoX 480x720, ``-e``: Wan 896x1600, ``-f``: CogVideoX 848x1600 and six
+  cameras at 121 frames. ``--plot`` draws peak memory against frames from their JSON files.
 
 Cosine is the cosine similarity of the latent gradient to full backprop's, where full fits.
 Writes ``benchmarks/results/chopgrad_memory_<scenario>_<device>_<date>.md`` and prints the table.
@@ -94,6 +98,16 @@ def make_inputs(vae, case: Case, hw: tuple[int, int], device, dtype):
     return z, target
 
 
+def loss_kwargs(kwargs: dict) -> dict:
+    """``pixel_loss`` keyword arguments from a case's (JSON-able) ones: ``recompute_plan`` as a dict
+    becomes a :class:`~chopgrad_core.memory.RecomputePlan` (an explicit plan instead of a budget)."""
+    from chopgrad_core.memory import RecomputePlan
+
+    if isinstance(kwargs.get("recompute_plan"), dict):
+        kwargs = dict(kwargs, recompute_plan=RecomputePlan(**kwargs["recompute_plan"]))
+    return kwargs
+
+
 def run_case(vae, case: Case, z, target):
     """Returns (seconds, latent grad or None)."""
     if case.name == "decode":
@@ -103,7 +117,7 @@ def run_case(vae, case: Case, z, target):
     if case.name == "full":
         loss = F.l1_loss(vae.decode(zz).sample.float(), target.float())
     else:
-        loss = cg.pixel_loss(vae, zz, target, **case.kwargs)
+        loss = cg.pixel_loss(vae, zz, target, **loss_kwargs(case.kwargs))
     loss.backward()
     return zz.grad.float()
 
@@ -232,7 +246,7 @@ def model_peak(case: Case, hw, explain: bool = False) -> Row:
                     with torch.no_grad():
                         cg.decode(vae, z.detach())
                 else:
-                    cg.pixel_loss(vae, z, target, **case.kwargs).backward()
+                    cg.pixel_loss(vae, z, target, **loss_kwargs(case.kwargs)).backward()
     finally:
         engine._check_args, engine._losses.check_mask_and_weight = saved[:2]
         engine._OFFLOADERS.clear()
@@ -371,6 +385,47 @@ def issue15_c_cases(budget_s: float = ISSUE15_C_BUDGET_S) -> list[Case]:
     return [c for c, _ in kept]
 
 
+# Issue 15, parts d-f: every case against plain D=0 in the same run, each timed case after an
+# untimed call with its own settings (run_issue15). One device call (at most 9 minutes) each:
+# d: Wan 480x832 (the planned low_memory with two and one copy streams, and explicit plans that keep
+#    the 2x level), full backprop for the plot, CogVideoX 480x720 and 848x1600;
+# e: Wan 896x1600, one camera at 17 / 121 / 241 frames and six cameras at 17;
+# f: CogVideoX 848x1600 alone, then Wan 896x1600 six cameras at 121 frames.
+KEEP2_DEV = dict(strips=4, keep_below=2, offload_checkpoints=False)  # memory model: 5.80 GiB at 480x832
+KEEP2_OFF = dict(strips=3, keep_below=2, offload_checkpoints=True)  # memory model: 5.05 GiB at 480x832
+
+
+def issue15_def_cases(part: str) -> list[Case]:
+    if part == "d":
+        cases = []
+        for frames in (17, 121):
+            cases += [Case("naive", frames, 1, NAIVE, hw=P480), Case("low_memory", frames, 1, _lm(6.0), hw=P480),
+                      Case("low_memory-keep2", frames, 1, dict(LOW_MEMORY, recompute_plan=KEEP2_DEV), hw=P480),
+                      Case("low_memory-keep2-offload", frames, 1, dict(LOW_MEMORY, recompute_plan=KEEP2_OFF),
+                           hw=P480)]
+        cases += [Case("low_memory-1stream", f, 1, _lm(6.0), hw=P480) for f in (17, 121)]
+        cases += [Case("full", f, 1, dict(mode="full"), hw=P480) for f in (9, 17)]
+        for frames in (17, 49):
+            cases += [Case("naive", frames, 1, NAIVE, family="cogvideox", hw=C480),
+                      Case("strips", frames, 1, dict(COG, memory_budget_gib=8.0), family="cogvideox", hw=C480)]
+        cases += [Case("strips4", 49, 1, dict(COG, recompute_plan=dict(strips=4, offload_checkpoints=True)),
+                       family="cogvideox", hw=C480)]
+        cases += [Case("strips", f, 1, dict(COG, memory_budget_gib=16.0), family="cogvideox", hw=C848)
+                  for f in (17, 49)]
+        return cases
+    if part == "e":
+        cases = []
+        for frames in (17, 121, 241):
+            cases += [Case("naive", frames, 1, NAIVE, hw=P896), Case("low_memory", frames, 1, _lm(8.0), hw=P896)]
+        return cases + [Case("naive-mb1", 17, 6, dict(NAIVE, micro_batch=1), hw=P896),
+                        Case("low_memory", 17, 6, _lm(8.0), hw=P896),
+                        Case("low_memory-1stream", 17, 1, _lm(8.0), hw=P896)]
+    # f: CogVideoX 848x1600 in a process of its own (in part d's process it ended without a
+    # traceback, after the other sizes had pinned their buffers), then six cameras at 121 frames.
+    return [Case("strips", f, 1, dict(COG, memory_budget_gib=16.0), family="cogvideox", hw=C848) for f in (17, 49)] + [
+        Case("naive-mb1", 121, 6, dict(NAIVE, micro_batch=1), hw=P896), Case("low_memory", 121, 6, _lm(8.0), hw=P896)]
+
+
 def model_issue15_c_cases() -> list[Case]:
     """The memory model's view of the CogVideoX strips (CPU, fake tensors) at the issue's sizes."""
     cases = []
@@ -380,6 +435,41 @@ def model_issue15_c_cases() -> list[Case]:
     return cases
 
 
+def host_memory() -> str:
+    """Pinned host memory the CUDA host allocator holds, this process's peak RSS and the machine's
+    available memory, in GiB (the CogVideoX 848x1600 case of part d ended without a traceback)."""
+    parts = []
+    try:
+        stats = torch.cuda.host_memory_stats()
+        pinned = next((v for k, v in stats.items() if "allocated_bytes" in k and k.endswith("current")), None)
+        if pinned is not None:
+            parts.append(f"pinned {pinned / GIB:.1f}")
+    except Exception:  # older torch: no host allocator statistics
+        pass
+    try:
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        parts.append(f"rss peak {int(status['VmHWM'].split()[0]) / 2**20:.1f}")
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        parts.append(f"available {int(info['MemAvailable'].split()[0]) / 2**20:.1f}")
+    except (OSError, KeyError, ValueError):
+        pass
+    return "host GiB: " + ", ".join(parts) if parts else ""
+
+
+def release_host_buffers() -> None:
+    """The offloader's pinned buffers, and the pinned blocks torch's host allocator caches for reuse."""
+    from chopgrad_core import engine
+
+    engine.release_offload_buffers()
+    for name in ("_host_emptyCache", "_accelerator_emptyHostCache"):
+        if torch.cuda.is_available() and hasattr(torch._C, name):
+            try:
+                getattr(torch._C, name)()
+            except RuntimeError:
+                pass
+            break
+
+
 def run_issue15(cases: list[Case], deadline: float | None = None, partial=None) -> list[Row]:
     """All cases in one process (pinned buffers are allocated once, as in training), warmed up per
     VAE and size with plain D=0 and each configuration at a short length. Notes: time against
@@ -387,10 +477,13 @@ def run_issue15(cases: list[Case], deadline: float | None = None, partial=None) 
     from chopgrad_core import engine
     from chopgrad_core.decoder import CacheOffloader
 
-    rows, vaes, warmed, plain_time, plain_grad = [], {}, set(), {}, {}
-    lever_grad = {}
+    rows, vaes, plain_time, plain_grad = [], {}, {}, {}
+    lever_grad, size = {}, None
     for n, case in enumerate(cases):
         hw = case.hw
+        if (case.family, hw) != size:  # the last size's pinned buffers are not needed again
+            size = (case.family, hw)
+            release_host_buffers()
         if deadline is not None and time.perf_counter() > deadline:  # keep what was measured
             for rest in cases[n:]:
                 rows.append(Row(f"{rest.family} {rest.hw[0]}x{rest.hw[1]} {rest.name}", rest.frames, rest.cameras,
@@ -406,12 +499,13 @@ def run_issue15(cases: list[Case], deadline: float | None = None, partial=None) 
         if streams != CacheOffloader.copy_streams:  # a fresh offloader with that many copy streams
             CacheOffloader.copy_streams = streams
             engine.release_offload_buffers()
-        # Warm-up: 5 frames (Wan), 9 (CogVideoX: one group of 3 latent frames).
-        short = 5 if case.family == "wan" else 9
-        key = (case.family, hw, json.dumps(case.kwargs, sort_keys=True), case.name == "full", streams)
-        if key not in warmed and case.name != "full":
-            warmed.add(key)
-            measure_cuda(vae, Case(case.name, short, 1, case.kwargs, case.family, hw), hw, torch.bfloat16)
+        # Warm-up before every timed case: one untimed call with the same settings at up to 17
+        # frames (Wan: 5 groups, CogVideoX: its two group shapes), one camera where cameras go one
+        # at a time, so every shape's cuDNN plans and every pinned host buffer (the offloader's
+        # rings, restarted per call) exist before the clock starts. Full backprop: 5 / 9 frames.
+        warm_frames = min(case.frames, 17) if case.name != "full" else (5 if case.family == "wan" else 9)
+        warm_cams = 1 if case.kwargs.get("micro_batch") else case.cameras
+        measure_cuda(vae, Case(case.name, warm_frames, warm_cams, case.kwargs, case.family, hw), hw, torch.bfloat16)
         row, grad = measure_cuda(vae, case, hw, torch.bfloat16)
         row.case = f"{case.family} {hw[0]}x{hw[1]} {case.name}"
         base = (case.family, hw, case.frames, case.cameras)
@@ -432,7 +526,11 @@ def run_issue15(cases: list[Case], deadline: float | None = None, partial=None) 
                 if other is not None:  # same configuration, the other number of copy streams
                     notes.append(f"vs {3 - streams} copy streams {float((g - other).norm() / other.norm()):.1e}")
                 lever_grad[(case.family, hw, json.dumps(case.kwargs, sort_keys=True))] = g
-            if case.kwargs.get("memory_budget_gib"):
+            if isinstance(case.kwargs.get("recompute_plan"), dict):
+                p = case.kwargs["recompute_plan"]
+                notes.append(f"plan (given): strips {p.get('strips', 1)}, keep {p.get('keep_below', 0)}, "
+                             f"ckpt offload {p.get('offload_checkpoints', False)}")
+            elif case.kwargs.get("memory_budget_gib"):
                 dec = cg.wrap(vae)
                 z = torch.empty(1, dec.latent_channels, latent_frames(case.frames), hw[0] // 8, hw[1] // 8,
                                 dtype=torch.bfloat16)
@@ -443,6 +541,8 @@ def run_issue15(cases: list[Case], deadline: float | None = None, partial=None) 
         elif row.note == "out of memory":
             row.note = "out of memory (expected)" if case.family == "cogvideox" and hw == C848 else row.note
         del grad
+        host = host_memory()
+        row.note = "; ".join(n for n in (row.note, host) if n)
         rows.append(row)
         print(fmt_row(rows[-1]), flush=True)
         if partial is not None:  # results so far on disk after every case: a cut call still leaves them
@@ -473,6 +573,8 @@ def scenario_cases(name: str) -> tuple[list[Case], tuple[int, int]]:
         return issue15_cases(name[-1]), P480
     if name == "h200-issue15-c":
         return issue15_c_cases(), P480
+    if name in ("h200-issue15-d", "h200-issue15-e", "h200-issue15-f"):
+        return issue15_def_cases(name[-1]), P480
     if name == "model-issue15":
         return model_issue15_cases(), P480
     if name == "model-issue15-c":
@@ -539,7 +641,7 @@ def main() -> None:
     ap.add_argument("--in-process", action="store_true", help="GPU: all cases in one process (no OOM cases)")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="h200-issue15-*: start no case after this many seconds (the rest: 'not run')")
-    ap.add_argument("--plot", nargs="+", help="issue-15 result JSON files to plot (h200-issue15-a/-b, model-issue15)")
+    ap.add_argument("--plot", nargs="+", help="issue-15 result JSON files to plot (h200-issue15-*, model-issue15*)")
     ap.add_argument("--png", default=str(Path(__file__).parent / "chopgrad_memory_issue15.png"))
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--hw", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -547,6 +649,9 @@ def main() -> None:
     ap.add_argument("--ref", help=argparse.SUPPRESS)
     ap.add_argument("--warm-own", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    import faulthandler
+
+    faulthandler.enable()  # a crash in native code prints where it happened
     if args.case:
         return case_main(args.case, args.hw, args.device, args.ref, args.warm_own)
     if args.plot:
@@ -627,14 +732,18 @@ def main() -> None:
 
 
 def plot_issue15(paths: list[str], png: str) -> None:
-    """Peak memory against frames: plain D=0, low_memory and full backprop at 480x832 and 896x1600
-    (Wan 2.1 VAE, one camera), measured (solid) and, where the GPU cannot hold it, the memory model
-    (dashed). Inputs: the h200-issue15-a/-b and model-issue15 result JSON files."""
+    """Peak memory against frames, one camera: plain D=0, low_memory (CogVideoX: its planned strips)
+    and full backprop, Wan 2.1 VAE at 480x832 and 896x1600 and CogVideoX VAE at 480x720 and
+    848x1600; measured (solid) and, where the GPU cannot hold it or it was not measured, the memory
+    model (dashed). Inputs: h200-issue15-* and model-issue15* result JSON files; a later file's
+    point replaces an earlier one's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    labels = {"naive": "plain D=0", "low_memory": "low_memory (budget planned)",
+              "strips": "low_memory (budget planned)", "full": "full backprop"}
     series: dict[tuple, dict[int, float]] = {}
     capacity = None
     for path in paths:
@@ -644,32 +753,42 @@ def plot_issue15(paths: list[str], png: str) -> None:
             capacity = 139.8  # H200: usable GiB torch reports
         for r in data["rows"]:
             family, size, name = r["case"].split(" ", 2)
-            if family != "wan" or r["cameras"] != 1 or r["peak_gib"] is None:
+            label = labels.get(name)
+            if r["cameras"] != 1 or r["peak_gib"] is None or label is None:
                 continue
-            label = {"naive": "plain D=0", "low_memory": "low_memory (budget planned)", "full": "full backprop"}.get(name)
-            if label and (measured or name == "full"):  # the model only where nothing was measured
-                series.setdefault((size, label, measured), {})[r["frames"]] = r["peak_gib"]
-    sizes = ["480x832", "896x1600"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+            series.setdefault((family, size, label, measured), {})[r["frames"]] = r["peak_gib"]
+    panels = [("wan", "480x832", 6.0), ("wan", "896x1600", 8.0), ("cogvideox", "480x720", 8.0),
+              ("cogvideox", "848x1600", 16.0)]
+    names = {"wan": "Wan 2.1 VAE", "cogvideox": "CogVideoX VAE"}
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharey=True)
     colors = {"plain D=0": "tab:orange", "low_memory (budget planned)": "tab:green", "full backprop": "tab:red"}
-    for ax, size in zip(axes, sizes):
-        for (sz, label, measured), pts in sorted(series.items()):
-            if sz != size:
+    for ax, (family, size, target) in zip(axes.flat, panels):
+        for (fam, sz, label, measured), pts in sorted(series.items()):
+            if (fam, sz) != (family, size):
                 continue
+            if not measured and (fam, sz, label, True) in series:  # measured beats the model
+                pts = {f: v for f, v in pts.items() if f not in series[(fam, sz, label, True)]}
+                if not pts:
+                    continue
             xs = sorted(pts)
             ax.plot(xs, [pts[x] for x in xs], "o-" if measured else "s--", color=colors[label],
                     label=label + ("" if measured else " (memory model)"), alpha=1.0 if measured else 0.6)
+        ax.axhline(target, color="tab:blue", lw=0.8, ls="--")
+        ax.text(1, target * 1.1, f"target {target:g} GiB", color="tab:blue", fontsize=8)
         if capacity:
             ax.axhline(capacity, color="gray", lw=0.8, ls=":")
-            ax.text(18, capacity * 1.08, "H200 capacity", color="gray", fontsize=8)
-        ax.set_title(f"Wan 2.1 VAE, {size}, 1 camera, bf16")
+            ax.text(1, capacity * 1.1, "H200 capacity", color="gray", fontsize=8)
+        ax.set_title(f"{names[family]}, {size}, 1 camera, bf16", fontsize=10)
         ax.set_xlabel("frames")
+        ax.set_xlim(0, 250)
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel("peak memory above the model (GiB)")
-    axes[0].legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=7, loc="upper right")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("peak GPU memory above the model (GiB)")
+    fig.suptitle("ChopGrad pixel loss, D=0, one NVIDIA H200 (measured: solid)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    fig.savefig(png, dpi=110)
     print(f"wrote {png}")
 
 

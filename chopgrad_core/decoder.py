@@ -106,7 +106,7 @@ class CacheOffloader:
     cache arrives while the group's first blocks already run. Whole caches (other adapters):
     :meth:`store_tree` / :meth:`fetch_tree`.
 
-    One host buffer per key and shape, reused group after group and call after call (pinning
+    One host buffer per key and ring position, reused group after group and call after call (pinning
     memory costs about a second per GB, more than a whole window). With ``copy_streams = 2`` (the
     default) stores (device to host) and fetches (host to device) run on two side streams, so the
     GPU's two copy engines move data both ways at once (at 896x1600 a group moves about 34 GiB each
@@ -125,7 +125,7 @@ class CacheOffloader:
         self.written: dict[int, torch.cuda.Event] = {}  # host buffer -> its last store (two streams only)
         self.read: dict[int, torch.cuda.Event] = {}  # host buffer -> its last fetch (two streams only)
         self.host: dict[Any, torch.Tensor] = {}  # key -> the buffer last stored under it
-        self.buffers: dict[tuple, torch.Tensor] = {}  # (key, shape, dtype, turn) -> buffer
+        self.buffers: dict[tuple, torch.Tensor] = {}  # (key, dtype, ring position) -> flat buffer
         self.events: dict[Any, torch.cuda.Event] = {}
         self.turns: dict[Any, int] = {}  # key -> stores so far (which buffer of the ring is next)
         self.pointers: dict[Any, set[int]] = {}  # key -> data pointers of its host buffers
@@ -133,6 +133,18 @@ class CacheOffloader:
         #: under it while a window may still read it (its backward re-reads the cache it started
         #: from; sliding D keeps D + 1 snapshots). The engine sets it per call: D + 2, block 2.
         self.ring = 2
+
+    def restart(self) -> None:
+        """Start every key's ring over at its first buffer (the engine calls it per camera chunk).
+
+        Nothing stored by an earlier call or chunk is read again, so each call uses the same
+        buffers in the same order: a warm-up call pins all of them (with turns counted across calls
+        a key's first-group shape, which differs from the later groups', landed on another buffer
+        of its ring in the next call and was pinned there, inside the timed call). Buffer reuse
+        stays ordered: a store waits for the fetch that last read its buffer (two streams) or
+        follows it on the one stream.
+        """
+        self.turns.clear()
 
     def holds(self, key: Any, t: Any) -> bool:
         """Whether ``t`` is a host copy stored under ``key`` (any buffer of its ring: so it has to be fetched)."""
@@ -145,11 +157,15 @@ class CacheOffloader:
         """
         turn = self.turns.get(key, 0)
         self.turns[key] = turn + 1
-        slot = (key, tuple(t.shape), t.dtype, turn % (ring or self.ring))
-        host = self.buffers.get(slot)
-        if host is None:
-            host = self.buffers[slot] = torch.empty(t.shape, dtype=t.dtype, pin_memory=self.cuda)
-            self.pointers.setdefault(key, set()).add(host.data_ptr())
+        # One buffer per ring position, whatever the shape: a smaller tensor (the first group's
+        # cache, fewer frames) uses the front of the buffer a larger one pinned, so the first
+        # group's shapes pin nothing of their own (at 848x1600 CogVideoX that halved the pinned memory).
+        slot = (key, t.dtype, turn % (ring or self.ring))
+        buffer = self.buffers.get(slot)
+        if buffer is None or buffer.numel() < t.numel():
+            buffer = self.buffers[slot] = torch.empty(t.numel(), dtype=t.dtype, pin_memory=self.cuda)
+            self.pointers.setdefault(key, set()).add(buffer.data_ptr())
+        host = buffer[: t.numel()].view(t.shape)
         self.host[key] = host
         if not self.cuda:
             return host.copy_(t)

@@ -301,6 +301,7 @@ def _run_chunk(plan: _Plan, z: torch.Tensor, batch: slice, params, grad_z, grad_
         # A cache stored on host must outlive the stores after it while a window may still read
         # it: sliding D keeps D + 1 snapshots and re-reads the one it started from in backward.
         offloader.ring = plan.window + 2 if plan.mode == "sliding" else 2
+        offloader.restart()  # the same host buffers every call: pinned once, by the first call
     recompute = (decoder.recomputation(plan.recompute_plan, offloader) if (plan.recompute and need_grad)
                  else contextlib.nullcontext())
     run = _run_tiled if (plan.tile is not None and need_grad) else _run_windows
