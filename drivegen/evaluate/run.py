@@ -40,7 +40,7 @@ from chopgrad_core.progress import progress
 from drivegen.errors import DrivegenError, EvaluateConfigError, ProbeError
 from drivegen.evaluate.clip import METHODS, ClipEvaluator, finished
 from drivegen.evaluate.config import EvaluateConfig
-from drivegen.model.checkpoint import checkpoint_digest, read_metadata, resolve
+from drivegen.model.checkpoint import check_guidance, checkpoint_digest, read_metadata, resolve
 from drivegen.workpool import actors, init_ray, map_unordered, reason
 
 __all__ = ["EvaluateWorker", "plan", "resolve_store", "run"]
@@ -68,6 +68,7 @@ def plan(cfg: EvaluateConfig) -> dict[str, Any]:
 
     checkpoint = resolve(cfg.checkpoint, "checkpoint")
     train_cfg = _checkpoint_config(checkpoint)
+    check_guidance(checkpoint, cfg.sampler.guidance, config=train_cfg)
     data = train_cfg["data"]
     store = resolve_store(cfg)
     datasets = cfg.datasets if cfg.datasets is not None else data.get("datasets")

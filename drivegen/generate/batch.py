@@ -30,7 +30,7 @@ from drivegen.errors import DrivegenError, GenerateConfigError
 from drivegen.generate.config import GenerateConfig
 from drivegen.generate.pipeline import Generator, finished, output_key, resolve_scenario_file
 from drivegen.generate.scenario import load_scenario
-from drivegen.model.checkpoint import checkpoint_digest, resolve
+from drivegen.model.checkpoint import check_guidance, checkpoint_digest, resolve
 from drivegen.workpool import actors, format_table, init_ray, map_unordered, reason
 
 __all__ = ["GenerateWorker", "format_summary", "run"]
@@ -70,6 +70,7 @@ def run(cfg: GenerateConfig) -> dict[str, Any]:
         raise GenerateConfigError(str(exc)) from None
     checkpoint = resolve(cfg.checkpoint, "checkpoint")
     digest = checkpoint_digest(checkpoint, cfg.ema)
+    check_guidance(checkpoint, cfg.sampler.guidance)
 
     # 1. Plan.
     rows: dict[str, dict[str, Any]] = {}  # scenario file -> result row

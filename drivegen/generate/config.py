@@ -19,7 +19,7 @@ class SamplerConfig:
     guidance: float = 1.0
     """Guidance on the controls: v_null + g (v_cond - v_null), null = no layout and no boxes.
     1 disables it (one model call per step). Training learns the null condition through
-    objective.control_dropout (0.1 by default); a model trained with it at 0 has not."""
+    objective.control_dropout > 0 (0 by default); guidance on a model trained without it is refused."""
     seed: int = 0
     """Noise seed (a scenario's own ``seed`` wins): the same seed gives the same video."""
     chunk_frames: Optional[int] = None

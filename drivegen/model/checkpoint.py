@@ -42,8 +42,9 @@ from chopgrad_core.atomic import atomic_dir, file_digest, hash_file, write_text
 from drivegen.errors import CheckpointError
 from drivegen.model.controlled_wan import ControlledWan, ModelConfig, apply_lora
 
-__all__ = ["LATEST", "MANIFEST", "Trained", "checkpoint_digest", "find_latest", "flatten_optimizer", "load_tensors",
-           "load_trained", "read_metadata", "remove_checkpoints", "resolve", "save_checkpoint", "unflatten_optimizer"]
+__all__ = ["LATEST", "MANIFEST", "Trained", "check_guidance", "checkpoint_digest", "find_latest", "flatten_optimizer",
+           "load_tensors", "load_trained", "read_metadata", "remove_checkpoints", "resolve", "save_checkpoint",
+           "unflatten_optimizer"]
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -215,6 +216,21 @@ class Trained:
     """The training run's whole config (plain dicts; data paths absolute)."""
     model: ControlledWan
     vae: Any
+
+
+def check_guidance(folder: Path, guidance: float, key: str = "sampler.guidance",
+                   config: dict[str, Any] | None = None) -> None:
+    """Guidance extrapolates away from the null condition, which a model learns only when it was
+    trained with ``objective.control_dropout`` > 0: refuse it otherwise (it would extrapolate from
+    an output nothing trained). ``config``: the checkpoint ``folder``'s training config, when read."""
+    if guidance == 1.0:
+        return
+    config = config if config is not None else json.loads(read_metadata(folder / "model.safetensors")["config"])
+    dropout = config.get("objective", {}).get("control_dropout", 0.1)
+    if not dropout:
+        raise CheckpointError(f"{key}={guidance} needs a model trained with objective.control_dropout > 0, and "
+                              f"checkpoint {str(folder)!r} was trained with control_dropout={dropout}: set "
+                              f"{key}=1 (no guidance) or train with objective.control_dropout=0.1")
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu", ema: bool = False,

@@ -41,11 +41,17 @@ __all__ = ["fit_vae"]
 
 def fit_vae(vae, data, steps: int, lr: float = 2e-3, seed: int = 0, batch_clips: int = 1,
             kl_weight: float = 1e-6, device: torch.device | str = "cpu", show: bool = True,
-            max_clips: int = 512, max_seconds: float | None = None) -> dict[str, float]:
+            max_clips: int = 512, max_seconds: float | None = None, edge_weight: float = 0.0,
+            warmup_steps: int | None = None) -> dict[str, float]:
     """Fit ``vae`` (encoder and decoder) to reconstruct the clips of ``data`` (a ClipDataset with
     images, or a list of them, pooled) for ``steps`` AdamW steps; leaves it in eval mode without
     gradients. Returns the mean L1 (pixels in [-1, 1]) of the first and last tenth of the steps, the steps done and the seconds
-    taken; ``max_seconds`` stops the fit early (the learning rate's decay follows the clock then)."""
+    taken; ``max_seconds`` stops the fit early (the learning rate's decay follows the clock then).
+    ``edge_weight`` adds an L1 loss on the frames' horizontal and vertical differences (the gradient
+    difference loss of Mathieu et al., 2016): L1 + MSE alone trade thin lines for blur.
+    ``warmup_steps`` (default: a tenth of the steps, at most 100) ramps the learning rate up
+    linearly: AdamW starts without moment estimates, and a continued fit (``--init``) at full rate
+    undoes itself in its first steps (measured: L1 0.023 -> 0.54 in 2 steps at 2e-3)."""
     gen = torch.Generator().manual_seed(seed)
     parts = list(data) if isinstance(data, (list, tuple)) else [data]
     items = [(d, i) for d in parts for i in range(len(d))]
@@ -57,6 +63,7 @@ def fit_vae(vae, data, steps: int, lr: float = 2e-3, seed: int = 0, batch_clips:
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     l1s: list[float] = []
     t0 = time.perf_counter()
+    warmup = min(100, steps // 10) if warmup_steps is None else warmup_steps
 
     def set_lr() -> None:
         # Cosine decay to a tenth over the fit (most of it happens early, the tail polishes edges);
@@ -65,8 +72,9 @@ def fit_vae(vae, data, steps: int, lr: float = 2e-3, seed: int = 0, batch_clips:
         done = len(l1s) / steps
         if max_seconds:
             done = max(done, (time.perf_counter() - t0) / max_seconds)
+        ramp = min(1.0, (len(l1s) + 1) / warmup) if warmup > 0 else 1.0
         for group in opt.param_groups:
-            group["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(done, 1.0))))
+            group["lr"] = ramp * lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(done, 1.0))))
 
     bar = progress(range(steps), desc="fit vae", unit="step", disable=not show)
     for _ in bar:
@@ -79,6 +87,9 @@ def fit_vae(vae, data, steps: int, lr: float = 2e-3, seed: int = 0, batch_clips:
         l1 = F.l1_loss(recon, x)
         kl = post.kl().mean() / x[0].numel()
         loss = l1 + F.mse_loss(recon, x) + kl_weight * kl
+        if edge_weight:
+            loss = loss + edge_weight * (F.l1_loss(recon.diff(dim=-1), x.diff(dim=-1))
+                                         + F.l1_loss(recon.diff(dim=-2), x.diff(dim=-2)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -119,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-minutes", type=float, default=None, help="stop the fit after this long (and save it)")
+    p.add_argument("--edge-weight", type=float, default=0.0,
+                   help="weight of an L1 loss on horizontal and vertical pixel differences (sharper edges)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear learning-rate warm-up (default: a tenth of --steps, at most 100)")
     args = p.parse_args(argv)
     try:
         if min(args.steps, args.base_dim, args.z_dim, args.batch_clips) < 1 or args.lr <= 0:
@@ -137,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     stats = fit_vae(vae, data, args.steps, lr=args.lr, seed=args.seed, batch_clips=args.batch_clips,
-                    device=args.device, max_seconds=args.max_minutes * 60 if args.max_minutes else None)
+                    device=args.device, max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+                    edge_weight=args.edge_weight, warmup_steps=args.warmup_steps)
     from chopgrad_core.atomic import atomic_dir
 
     with atomic_dir(args.out) as tmp:

@@ -98,6 +98,13 @@ class TestGenerate:
         with pytest.raises(CheckpointError, match=r"checkpoint='.*nothing'.*make train"):
             run(GenerateConfig(checkpoint=str(tmp_path / "nothing"), out=str(tmp_path), progress=False))
 
+    def test_guidance_on_a_model_trained_without_the_null_condition_is_refused(self, world, tmp_path):
+        # The session's checkpoint is trained with the default objective.control_dropout = 0.
+        cfg = config(world, tmp_path / "out", sampler=SamplerConfig(steps=2, guidance=2.0))
+        with pytest.raises(CheckpointError, match=r"sampler.guidance=2.0 needs .*objective.control_dropout > 0"):
+            run(cfg)
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
     def test_text_without_text_conditioning_fails_naming_the_field(self, world, tmp_path):
         path = write_scenario(tmp_path, "rainy", "frames: 5\ntext: {weather: rain}\n")
         report = run(config(world, tmp_path / "out", scenarios=[str(path)]))

@@ -211,6 +211,21 @@ class TestFittedVae:
         stats = fit_vae(vae, ClipDataset(store.store, datasets=["nuscenes"], split="train"), 12, lr=5e-3, show=False)
         assert stats["l1_last"] < stats["l1_first"]
 
+    def test_continued_fit_warms_up(self, store):
+        """--init continues a fitted VAE: with the warm-up its first steps keep the fit; at full rate
+        from the first step (no moment estimates yet) AdamW undoes it. Also runs the edge loss."""
+        from drivegen.data.dataset import ClipDataset
+        from drivegen.model.fit_vae import fit_vae
+        from drivegen.model.vae import SAMPLE_VAE, load_vae
+
+        data = ClipDataset(store.store, datasets=["nuscenes"], split="train")
+        last = {}
+        for warmup in (0, 100):
+            stats = fit_vae(load_vae(SAMPLE_VAE, key="model.vae"), data, 3, lr=2e-3, show=False, warmup_steps=warmup,
+                            edge_weight=1.0)
+            last[warmup] = stats["l1_last"]
+        assert last[100] < 0.5 * last[0], last
+
     def test_missing_vae_folder_names_the_key(self, store, tmp_path):
         from drivegen.model.controlled_wan import ModelConfig
 
