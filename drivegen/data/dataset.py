@@ -82,6 +82,24 @@ _PER_CAMERA = (
 _PER_FRAME = ("ego_to_world", "timestamp_us", "frame_index", "bev")
 
 
+class _CameraPick:
+    """Which stored cameras a clip's per-camera arrays are read at, in the order asked for.
+
+    Reads the span of stored cameras as one slice and picks from it in numpy: zarr 3.1.5 serves an
+    integer-array selection (``oindex``) of a sharded array far more slowly and with far more
+    memory than the same cameras as a slice (measured: one 33-frame, six-camera clip's images at
+    256x448, 14.5 s and 7.8 GB against 0.2 s and 0.19 GB)."""
+
+    def __init__(self, index: list[int]):
+        self.span = slice(min(index), max(index) + 1)
+        pick = np.asarray(index) - self.span.start
+        self.pick = None if np.array_equal(pick, np.arange(self.span.stop - self.span.start)) else pick
+
+    def read(self, array, frames: slice) -> np.ndarray:
+        out = array[frames, self.span]
+        return np.ascontiguousarray(out if self.pick is None else out[:, self.pick])
+
+
 class ClipDataset(torch.utils.data.Dataset):
     """Clips of `clip_length` frames of `cameras` from the store at `path` (see module doc)."""
 
@@ -181,7 +199,7 @@ class ClipDataset(torch.utils.data.Dataset):
                 f"cameras: {[list(r) for r in rigs]}. Pass names from these (datasets= selects one rig)"
             )
         self.cameras = cameras
-        self._camera_index = {n: np.array([a["cameras"].index(c) for c in cameras]) for n, a in clips.items()}
+        self._camera_index = {n: _CameraPick([a["cameras"].index(c) for c in cameras]) for n, a in clips.items()}
         self._attrs = clips
         # 3. Items.
         max_offset = self.stored_length - T
@@ -239,8 +257,7 @@ class ClipDataset(torch.utils.data.Dataset):
             raise StoreError(f"clip {item.clip!r} of store {self.path!r} has no camera images (a conditions-only log)")
         group = self._group(item.clip, arrays=["images"])
         with self._reading(item.clip):
-            images = np.ascontiguousarray(group["images"].oindex[slice(offset, offset + self.clip_length),
-                                                                 self._camera_index[item.clip]])
+            images = self._camera_index[item.clip].read(group["images"], slice(offset, offset + self.clip_length))
         return torch.from_numpy(images).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -257,11 +274,11 @@ class ClipDataset(torch.utils.data.Dataset):
         with self._reading(item.clip):
             # 1. Per-camera arrays: orthogonal selection of the frames and cameras asked for.
             for name in _PER_CAMERA:
-                out[name] = torch.from_numpy(np.ascontiguousarray(group[name].oindex[frames, cams]))
+                out[name] = torch.from_numpy(cams.read(group[name], frames))
             for name in _PER_FRAME:
                 if name in group:
                     out[name] = torch.from_numpy(np.ascontiguousarray(group[name][frames]))
-            images = torch.from_numpy(np.ascontiguousarray(group["images"].oindex[frames, cams])) if has_images else None
+            images = torch.from_numpy(cams.read(group["images"], frames)) if has_images else None
         # 2. Images and control to (T, K, 3, H, W) in [-1, 1].
         T, K = self.clip_length, len(self.cameras)
         H, W = self.image_size

@@ -123,6 +123,14 @@ class EvaluateConfig:
             _check("run", self.run, bool(self.run) and "/" not in self.run and self.run not in (".", ".."),
                    "a folder name (no '/'), or null")
 
+    def torch_device(self) -> str:
+        """``device`` with auto resolved (cuda when this process sees a GPU)."""
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
     def output_settings(self) -> dict:
         """The settings a finished clip's results depend on (with the checkpoint, the probe and the clip)."""
         d = asdict(self)

@@ -132,7 +132,9 @@ def train_probe(cfg: EvaluateConfig, store: Path, show_progress: bool = True) ->
     share = torch.bincount(classes.flatten(), minlength=len(PROBE_CLASSES)).double() / classes.numel()
     weight = torch.where(share > 0, (share + 1e-4).rsqrt(), torch.zeros_like(share))
     weight = (weight / weight[share > 0].mean()).float()
-    probe = LayoutProbe(width=pc.width)
+    device = torch.device(cfg.torch_device())  # batches are drawn and degraded on the CPU, then moved
+    probe = LayoutProbe(width=pc.width).to(device)
+    weight = weight.to(device)
     opt = torch.optim.Adam(probe.parameters(), lr=pc.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=pc.steps)
     bar = progress_bar(range(pc.steps), desc="probe", unit="step", disable=not show_progress)
@@ -143,7 +145,7 @@ def train_probe(cfg: EvaluateConfig, store: Path, show_progress: bool = True) ->
             x, y = x.flip(-1), y.flip(-1)
         if torch.rand((), generator=gen) < pc.augment:
             x = degrade(x, gen)
-        loss = F.cross_entropy(probe(x), y, weight=weight)
+        loss = F.cross_entropy(probe(x.to(device)), y.to(device), weight=weight)
         if not torch.isfinite(loss):
             raise DrivegenError(f"probe training: non-finite loss at step {step}; lower probe.lr={pc.lr}")
         opt.zero_grad(set_to_none=True)
@@ -164,6 +166,7 @@ def train_probe(cfg: EvaluateConfig, store: Path, show_progress: bool = True) ->
         "val": score_real(probe, val, pc.min_box_pixels) if val["n"] else None,
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    probe = probe.cpu()
     save_probe(probe, probe_path(cfg, store), info)
     return probe, info
 

@@ -89,8 +89,7 @@ def plan(cfg: EvaluateConfig) -> dict[str, Any]:
         names.append(f"{clip['log']}__{key[1] + seen[key] * ds.clip_length:06d}")
     count = len(names) if cfg.max_clips is None else min(cfg.max_clips, len(names))
     run_name = cfg.run or f"{checkpoint.parent.name}-{checkpoint.name}"
-    device = ("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-              else ("cpu" if cfg.device == "auto" else cfg.device))
+    device = cfg.torch_device()
     items = []
     for i in range(count):
         j = (i + count // 2) % count if count > 1 else None

@@ -29,21 +29,26 @@ fits); its card, with the commands and how well it reconstructs the val split, i
 the weights."""
 
 
-def fit_latent_stats(vae, data, clips: int = 8):
+def fit_latent_stats(vae, data, clips: int = 8, device: torch.device | str | None = None):
     """Per-channel latent mean and std over a few clips of ``data`` into ``vae.config`` (what
-    ``drivegen.model.objective.LatentSpace`` normalises with)."""
+    ``drivegen.model.objective.LatentSpace`` normalises with), encoded on ``device`` (None: where
+    the VAE is; the VAE is left there). On the CPU a full-size clip takes minutes."""
+    if device is not None:
+        vae.to(device)
+    at = next(vae.parameters()).device
     with torch.no_grad():
-        z = torch.cat([vae.encode(data[i]["images"].permute(1, 2, 0, 3, 4)).latent_dist.mode()
+        z = torch.cat([vae.encode(data[i]["images"].permute(1, 2, 0, 3, 4).to(at, vae.dtype)).latent_dist.mode().float()
                        for i in range(min(clips, len(data)))])  # (N*K, C, t, h, w)
     vae.register_to_config(latents_mean=z.mean(dim=(0, 2, 3, 4)).tolist(),
                            latents_std=z.std(dim=(0, 2, 3, 4)).clamp_min(1e-6).tolist())
     return vae
 
 
-def load_vae(name: str | None, data=None, key: str = "model.vae"):
-    """The VAE ``model.vae`` names (see the module doc), its latent statistics fitted to ``data``."""
+def load_vae(name: str | None, data=None, key: str = "model.vae", device: torch.device | str | None = None):
+    """The VAE ``model.vae`` names (see the module doc), its latent statistics fitted to ``data``
+    on ``device`` (where the VAE is then left; None: the CPU)."""
     if name is None:
-        return tiny_vae(data)
+        return tiny_vae(data, device=device)
     from diffusers import AutoencoderKLWan
 
     folder = SAMPLE_VAE if name == "sample" else Path(name).expanduser()
@@ -52,10 +57,10 @@ def load_vae(name: str | None, data=None, key: str = "model.vae"):
                           "AutoencoderKLWan folder (diffusers save_pretrained layout), sample for the "
                           "VAE fitted to the sample world, or null for a random tiny VAE; `python -m drivegen.model.fit_vae` fits one on a store")
     vae = AutoencoderKLWan.from_pretrained(folder, local_files_only=True).requires_grad_(False)
-    return fit_latent_stats(vae, data) if data is not None else vae
+    return fit_latent_stats(vae, data, device=device) if data is not None else vae
 
 
-def tiny_vae(data=None, clips: int = 8):
+def tiny_vae(data=None, clips: int = 8, device: torch.device | str | None = None):
     """The randomly initialised Wan 2.1-layout VAE the embedded default trains with.
 
     Its latent statistics come from the data (``data``: a ClipDataset): Wan's published
@@ -65,7 +70,7 @@ def tiny_vae(data=None, clips: int = 8):
     from chopgrad_core.tiny import tiny_wan21
 
     vae = tiny_wan21().requires_grad_(False)
-    return fit_latent_stats(vae, data, clips) if data is not None else vae
+    return fit_latent_stats(vae, data, clips, device) if data is not None else vae
 
 
 def load_pretrained(folder: str, key: str = "model.pretrained"):

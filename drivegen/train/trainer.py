@@ -134,7 +134,7 @@ class Trainer:
             except DrivegenError as exc:
                 self.log(f"no validation loss (trainer.val_every={tc.val_every}): {exc}")
         transformer, vae = (load_pretrained(cfg.model.pretrained) if cfg.model.pretrained
-                            else (None, load_vae(cfg.model.vae, self.data)))
+                            else (None, load_vae(cfg.model.vae, self.data, device=self.device)))
         self.vae = vae.requires_grad_(False).to(self.device)
         if cfg.model.train_decoder:  # the pixel loss reaches these through chopgrad_core.pixel_loss
             self.vae.decoder.requires_grad_(True)
