@@ -56,8 +56,9 @@ class ObjectiveConfig:
     """Share of batch elements trained with the null condition (no layout, no boxes), so that
     generation can use guidance on the controls (generate's sampler.guidance != 1). Off by
     default: at the embedded scale guidance lowers controllability (val probe mIoU 0.419 at
-    guidance 1, 0.198 at 2, 0.131 at 3) and the dropout itself costs it (0.1: mIoU 0.419 / box
-    recall 0.652; 0: 0.441 / 0.665; benchmarks/RESULTS.md, issue 12). Set 0.1 to train for guidance."""
+    guidance 1, 0.198 at 2, 0.131 at 3) and the dropout itself costs some (val mIoU over training
+    seeds 0-2: 0.431 with 0.1, 0.440 with 0; benchmarks/RESULTS.md, issue 12). Set 0.1 to train
+    for guidance."""
 
     def __post_init__(self) -> None:
         if self.sigma is not None and not 0.0 < self.sigma <= 1.0:
