@@ -40,21 +40,17 @@ from chopgrad_core.progress import progress
 from drivegen.errors import DrivegenError, EvaluateConfigError, ProbeError
 from drivegen.evaluate.clip import METHODS, ClipEvaluator, finished
 from drivegen.evaluate.config import EvaluateConfig
-from drivegen.model.checkpoint import check_guidance, checkpoint_digest, read_metadata, resolve
+from drivegen.model.checkpoint import check_guidance, checkpoint_config, checkpoint_digest, resolve
 from drivegen.workpool import actors, init_ray, map_unordered, reason
 
 __all__ = ["EvaluateWorker", "plan", "resolve_store", "run"]
-
-
-def _checkpoint_config(folder: Path) -> dict[str, Any]:
-    return json.loads(read_metadata(folder / "model.safetensors")["config"])
 
 
 def resolve_store(cfg: EvaluateConfig) -> Path:
     """``cfg.store``, else the store the checkpoint was trained on."""
     if cfg.store:
         return Path(cfg.store).expanduser()
-    return Path(_checkpoint_config(resolve(cfg.checkpoint, "checkpoint"))["data"]["store"])
+    return Path(checkpoint_config(resolve(cfg.checkpoint, "checkpoint"))["data"]["store"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,7 +63,7 @@ def plan(cfg: EvaluateConfig) -> dict[str, Any]:
     from drivegen.data.dataset import ClipDataset
 
     checkpoint = resolve(cfg.checkpoint, "checkpoint")
-    train_cfg = _checkpoint_config(checkpoint)
+    train_cfg = checkpoint_config(checkpoint)
     check_guidance(checkpoint, cfg.sampler.guidance, config=train_cfg)
     data = train_cfg["data"]
     store = resolve_store(cfg)

@@ -42,9 +42,9 @@ from chopgrad_core.atomic import atomic_dir, file_digest, hash_file, write_text
 from drivegen.errors import CheckpointError
 from drivegen.model.controlled_wan import ControlledWan, ModelConfig, apply_lora
 
-__all__ = ["LATEST", "MANIFEST", "Trained", "check_guidance", "checkpoint_digest", "find_latest", "flatten_optimizer",
-           "load_tensors", "load_trained", "read_metadata", "remove_checkpoints", "resolve", "save_checkpoint",
-           "unflatten_optimizer"]
+__all__ = ["LATEST", "MANIFEST", "Trained", "check_guidance", "checkpoint_config", "checkpoint_digest", "find_latest",
+           "flatten_optimizer", "load_tensors", "load_trained", "read_metadata", "remove_checkpoints", "resolve",
+           "save_checkpoint", "unflatten_optimizer"]
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -218,6 +218,11 @@ class Trained:
     vae: Any
 
 
+def checkpoint_config(folder: Path) -> dict[str, Any]:
+    """The training run's whole config that checkpoint ``folder`` was saved with (plain dicts)."""
+    return json.loads(read_metadata(folder / "model.safetensors")["config"])
+
+
 def check_guidance(folder: Path, guidance: float, key: str = "sampler.guidance",
                    config: dict[str, Any] | None = None) -> None:
     """Guidance extrapolates away from the null condition, which a model learns only when it was
@@ -225,7 +230,7 @@ def check_guidance(folder: Path, guidance: float, key: str = "sampler.guidance",
     an output nothing trained). ``config``: the checkpoint ``folder``'s training config, when read."""
     if guidance == 1.0:
         return
-    config = config if config is not None else json.loads(read_metadata(folder / "model.safetensors")["config"])
+    config = config if config is not None else checkpoint_config(folder)
     dropout = config.get("objective", {}).get("control_dropout", 0.1)
     if not dropout:
         raise CheckpointError(f"{key}={guidance} needs a model trained with objective.control_dropout > 0, and "
