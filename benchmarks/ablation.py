@@ -122,20 +122,15 @@ def _name(variant: str, seed: int) -> str:
     return f"{variant.replace(' ', '_').replace('=', '')}_seed{seed}"
 
 
-def _stage(scenario: dict, module: str) -> list[str]:
-    """``python -m <module>``."""
-    return [sys.executable, "-m", module]
-
-
 def train_command(args, scenario: dict, variant: str, seed: int, out: Path) -> list[str]:
-    return [*_stage(scenario, "drivegen.train"), f"data.store={args.store}", f"trainer.out={out}",
+    return [sys.executable, "-m", "drivegen.train", f"data.store={args.store}", f"trainer.out={out}",
             f"trainer.steps={args.steps}", f"trainer.seed={seed}", "trainer.overwrite=true",
             "trainer.tensorboard=false", "trainer.sample_steps=0", *scenario["train"], *args.train_set,
             *VARIANTS[variant]]
 
 
 def evaluate_command(args, scenario: dict, name: str, out: Path, work: Path) -> list[str]:
-    cmd = [*_stage(scenario, "drivegen.evaluate"), f"checkpoint={out}", f"out={work / 'evaluate'}",
+    cmd = [sys.executable, "-m", "drivegen.evaluate", f"checkpoint={out}", f"out={work / 'evaluate'}",
            f"run={name}", "mode=local", "progress=false", *scenario["evaluate"], *args.evaluate_set]
     if scenario.get("parallel"):  # the store named as prepare_evaluation named it: its mean frame is reused
         cmd.append(f"store={Path(args.store).resolve()}")
