@@ -16,6 +16,8 @@ Named scenarios (``--scenario``):
   process, each timed case after an untimed call with its own settings (``--budget-s``, ``--out``);
   ``-d``: Wan 480x832 and CogVideoX 480x720, ``-e``: Wan 896x1600, ``-f``: CogVideoX 848x1600 and six
   cameras at 121 frames. ``--plot`` draws peak memory against frames from their JSON files.
+- ``h200-issue15-g1``: part g's levers against their state before them (case suffix ``-before``),
+  same process; ``--profile`` adds torch.profiler summaries. ``-g2``: Wan 480x832, lean forward.
 
 Cosine is the cosine similarity of the latent gradient to full backprop's, where full fits.
 Writes ``benchmarks/results/chopgrad_memory_<scenario>_<device>_<date>.md`` and prints the table.
@@ -470,6 +472,114 @@ def release_host_buffers() -> None:
             break
 
 
+# Issue 15, part g: the levers of part g against their state before it, in the same process. A case
+# name's suffix turns part g's levers off: "-before" all of them; "-nosplit" the CogVideoX resnets'
+# two-pass backward only; "-lateprefetch" Wan's earlier fetches only. "-lean" turns on Wan's lean
+# forward (off by default: not timed yet); "-early" Wan's backward prefetch at a block's first strip
+# (off by default since g1).
+# "-keepslots" (a diagnostic, not a lever: more device memory) keeps Wan's fetched input slots on the
+# device for backward. Part g1 ran before the lean forward existed (and with "-early" the default).
+def _toggles(name: str) -> dict:
+    before = name.endswith("-before")
+    late = before or name.endswith("-lateprefetch")
+    return dict(early_start=name.endswith("-early"), ahead_of_slotless=not late, index_on_device=not before,
+                split=not (before or name.endswith("-nosplit")), save_host_copies=not name.endswith("-keepslots"),
+                lean=name.endswith("-lean"))
+
+
+class lever_toggles:
+    """Sets part g's lever switches for one case (see :func:`_toggles`) and restores them after."""
+
+    def __init__(self, name: str) -> None:
+        self.want = _toggles(name)
+
+    def __enter__(self):
+        from chopgrad_core.adapters import cogvideox, wan
+
+        self.saved = (wan._CheckpointSaver.early_start, wan._SlotIO.ahead_of_slotless,
+                      cogvideox.INDEX_ON_DEVICE, cogvideox.SPLIT_RESNET_BACKWARD, wan._SlotIO.save_host_copies)
+        wan._SlotIO.save_host_copies = self.want["save_host_copies"]
+        self.lean, wan.LEAN_FORWARD = wan.LEAN_FORWARD, self.want["lean"]
+        wan._CheckpointSaver.early_start = self.want["early_start"]
+        wan._SlotIO.ahead_of_slotless = self.want["ahead_of_slotless"]
+        cogvideox.INDEX_ON_DEVICE = self.want["index_on_device"]
+        cogvideox.SPLIT_RESNET_BACKWARD = self.want["split"]
+        return self
+
+    def __exit__(self, *exc):
+        from chopgrad_core.adapters import cogvideox, wan
+
+        (wan._CheckpointSaver.early_start, wan._SlotIO.ahead_of_slotless, cogvideox.INDEX_ON_DEVICE,
+         cogvideox.SPLIT_RESNET_BACKWARD, wan._SlotIO.save_host_copies) = self.saved
+        wan.LEAN_FORWARD = self.lean
+
+
+def issue15_g_cases(part: str) -> list[Case]:
+    """g1: part g's levers against their state before (same process, warmed up, against plain D=0);
+    g2: Wan 480x832, the lean forward against diffusers' modules (one short call)."""
+    cog8 = dict(COG, memory_budget_gib=8.0)
+    # What the budget planned before part g (480x720, budget 8): no reuse of the statistics pass.
+    cog8_before = dict(COG, recompute_plan=dict(strips=5, offload_checkpoints=True))
+    if part == "g1":  # 17 frames (and CogVideoX 49), each lever against its state before
+        cases = [Case("naive", 17, 1, NAIVE, hw=P480), Case("low_memory", 17, 1, _lm(6.0), hw=P480),
+                 Case("low_memory-before", 17, 1, _lm(6.0), hw=P480),
+                 Case("low_memory-keepslots", 17, 1, _lm(6.0), hw=P480)]
+        cases += [Case("naive", 17, 1, NAIVE, family="cogvideox", hw=C480),
+                  Case("strips", 17, 1, cog8, family="cogvideox", hw=C480),
+                  Case("strips-before", 17, 1, cog8_before, family="cogvideox", hw=C480),
+                  Case("strips-nosplit", 17, 1, cog8, family="cogvideox", hw=C480),
+                  Case("strips-noreuse", 17, 1, cog8_before, family="cogvideox", hw=C480),
+                  Case("naive", 49, 1, NAIVE, family="cogvideox", hw=C480),
+                  Case("strips", 49, 1, cog8, family="cogvideox", hw=C480)]
+        cases += [Case("naive", 17, 1, NAIVE, hw=P896), Case("low_memory", 17, 1, _lm(8.0), hw=P896),
+                  Case("low_memory-before", 17, 1, _lm(8.0), hw=P896)]
+        return cases
+    # g2 (one short device call): Wan 480x832's lean forward against diffusers' modules.
+    return [Case("naive", 17, 1, NAIVE, hw=P480), Case("low_memory-lean", 17, 1, _lm(6.0), hw=P480),
+            Case("low_memory", 17, 1, _lm(6.0), hw=P480), Case("naive", 121, 1, NAIVE, hw=P480),
+            Case("low_memory-lean", 121, 1, _lm(6.0), hw=P480), Case("low_memory", 121, 1, _lm(6.0), hw=P480)]
+
+
+def profile_case(vae, case: Case, path: Path, device: str = "cuda") -> None:
+    """One warmed-up call under torch.profiler: wall time, the time the GPU ran kernels (their
+    union), copies each way, synchronisations the CPU waited on, the top kernels. Appends to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    z, target = make_inputs(vae, case, case.hw, device, next(vae.parameters()).dtype)
+    with lever_toggles(case.name):
+        run_case(vae, case, z, target)
+        sync(device)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            t0 = time.perf_counter()
+            run_case(vae, case, z, target)
+            sync(device)
+            wall = time.perf_counter() - t0
+    kernels, copies = [], {"HtoD": 0.0, "DtoH": 0.0, "DtoD": 0.0}
+    for e in prof.events():
+        if e.device_type.name != "CUDA":
+            continue
+        span = (e.time_range.start, e.time_range.end)
+        kind = next((k for k in copies if k in e.name), None)
+        if kind is not None:
+            copies[kind] += (span[1] - span[0]) / 1e6
+        elif "Memset" not in e.name:
+            kernels.append(span)
+    busy, end = 0.0, None
+    for a, b in sorted(kernels):
+        if end is None or a > end:
+            busy, end = busy + (b - a), b
+        elif b > end:
+            busy, end = busy + (b - end), b
+    syncs = {k.key: k.count for k in prof.key_averages() if "Synchronize" in k.key or k.key == "cudaHostAlloc"}
+    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=14, max_name_column_width=60)
+    with open(path, "a") as f:
+        f.write(f"## {case.family} {case.hw} {case.name} {case.frames}x{case.cameras}: wall {wall:.3f} s, "
+                f"kernels busy {busy / 1e6:.3f} s ({busy / 1e6 / wall:.0%}), copies s {copies}, syncs {syncs}\n")
+        f.write(table + "\n\n")
+    print(f"profiled {case.family} {case.hw} {case.name}: wall {wall:.3f} s, kernels busy {busy / 1e6:.3f} s, "
+          f"copies {copies}, syncs {syncs}", flush=True)
+
+
 def run_issue15(cases: list[Case], deadline: float | None = None, partial=None) -> list[Row]:
     """All cases in one process (pinned buffers are allocated once, as in training), warmed up per
     VAE and size with plain D=0 and each configuration at a short length. Notes: time against
@@ -505,8 +615,10 @@ def run_issue15(cases: list[Case], deadline: float | None = None, partial=None) 
         # rings, restarted per call) exist before the clock starts. Full backprop: 5 / 9 frames.
         warm_frames = min(case.frames, 17) if case.name != "full" else (5 if case.family == "wan" else 9)
         warm_cams = 1 if case.kwargs.get("micro_batch") else case.cameras
-        measure_cuda(vae, Case(case.name, warm_frames, warm_cams, case.kwargs, case.family, hw), hw, torch.bfloat16)
-        row, grad = measure_cuda(vae, case, hw, torch.bfloat16)
+        with lever_toggles(case.name):
+            measure_cuda(vae, Case(case.name, warm_frames, warm_cams, case.kwargs, case.family, hw), hw,
+                         torch.bfloat16)
+            row, grad = measure_cuda(vae, case, hw, torch.bfloat16)
         row.case = f"{case.family} {hw[0]}x{hw[1]} {case.name}"
         base = (case.family, hw, case.frames, case.cameras)
         if case.name.startswith("naive") and row.seconds is not None:
@@ -523,9 +635,9 @@ def run_issue15(cases: list[Case], deadline: float | None = None, partial=None) 
                 g = grad.cpu()
                 notes.append(f"grad rel diff {float((g - ref).norm() / ref.norm()):.1e}")
                 other = lever_grad.get((case.family, hw, json.dumps(case.kwargs, sort_keys=True)))
-                if other is not None:  # same configuration, the other number of copy streams
-                    notes.append(f"vs {3 - streams} copy streams {float((g - other).norm() / other.norm()):.1e}")
-                lever_grad[(case.family, hw, json.dumps(case.kwargs, sort_keys=True))] = g
+                if other is not None:  # same configuration, the other number of copy streams (or levers)
+                    notes.append(f"vs {other[0]} {float((g - other[1]).norm() / other[1].norm()):.1e}")
+                lever_grad[(case.family, hw, json.dumps(case.kwargs, sort_keys=True))] = (case.name, g)
             if isinstance(case.kwargs.get("recompute_plan"), dict):
                 p = case.kwargs["recompute_plan"]
                 notes.append(f"plan (given): strips {p.get('strips', 1)}, keep {p.get('keep_below', 0)}, "
@@ -575,6 +687,8 @@ def scenario_cases(name: str) -> tuple[list[Case], tuple[int, int]]:
         return issue15_c_cases(), P480
     if name in ("h200-issue15-d", "h200-issue15-e", "h200-issue15-f"):
         return issue15_def_cases(name[-1]), P480
+    if name in ("h200-issue15-g1", "h200-issue15-g2"):
+        return issue15_g_cases(name[-2:]), P480
     if name == "model-issue15":
         return model_issue15_cases(), P480
     if name == "model-issue15-c":
@@ -643,6 +757,8 @@ def main() -> None:
                     help="h200-issue15-*: start no case after this many seconds (the rest: 'not run')")
     ap.add_argument("--plot", nargs="+", help="issue-15 result JSON files to plot (h200-issue15-*, model-issue15*)")
     ap.add_argument("--png", default=str(Path(__file__).parent / "chopgrad_memory_issue15.png"))
+    ap.add_argument("--profile", nargs="*", help="h200-issue15-*: after the cases, profile these "
+                    "(family:HxW:frames:case name, e.g. wan:480x832:17:low_memory-before)")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--hw", nargs=2, type=int, help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
@@ -683,6 +799,13 @@ def main() -> None:
         device_name = torch.cuda.get_device_name().replace(" ", "-")
         deadline = start + args.budget_s if args.budget_s else None
         rows = run_issue15(cases, deadline, partial=lambda rows: write(rows, device_name))
+        for spec in args.profile or []:  # "family:HxW:frames:name", e.g. wan:480x832:17:low_memory
+            family, size, frames, name = spec.split(":")
+            hw_p = tuple(int(v) for v in size.split("x"))
+            match = next(c for c in cases if c.family == family and c.hw == hw_p and c.name == name.split("-")[0])
+            case = Case(name, int(frames), 1, match.kwargs, family, hw_p)
+            profile_case(make_vae("full", "cuda", torch.bfloat16, family), case,
+                         out / f"chopgrad_memory_{args.scenario}_{device_name}_profile.txt")
     elif args.scenario == "h100-target":
         # One fresh process per case, warmed up with the case's own settings (see case_main).
         device_name = torch.cuda.get_device_name().replace(" ", "-")

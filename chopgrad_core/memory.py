@@ -44,6 +44,9 @@ class RecomputePlan:
     """Blocks whose input is at most this many times the latent size keep their activations (0: none)."""
     offload_min_bytes: int = 64 * 1024**2
     """Saved tensors smaller than this stay on the device (copies of small maps cost more than they save)."""
+    reuse_stats_pass: bool = False
+    """CogVideoX strips: a resnet keeps conv1's output from its statistics pass (one map of the
+    block's output size, in the forward only) instead of recomputing it for the strips."""
 
     def __post_init__(self) -> None:
         if self.strips < 1:
@@ -123,6 +126,11 @@ _COG_INPUTS_ON_DEVICE = 9.0
 #   frames concatenated, two strips' input rows: the one recomputed and the next one arriving);
 _COG_STRIP_PER_ROW = 23.8
 _COG_HALO_ROWS = 4
+# - the forward's peak (the first full-resolution resnet of a group: its 256-channel input, its output,
+#   the cache entries; 848x1600, 17 frames: 15.76 GiB = 5.4 units) with conv1's output of the statistics
+#   pass kept for the strips (``reuse_stats_pass``: 1 unit, and 0.44 of conv1's cache entries). At
+#   480x720 the backward peaks higher (memory model: 6.37 GiB with or without it), so it costs nothing there.
+_COG_FORWARD_REUSE = 6.9
 
 
 def plan_recompute_cogvideox(*, height: int, width: int, channels: int, frames: int, element_size: int,
@@ -132,7 +140,8 @@ def plan_recompute_cogvideox(*, height: int, width: int, channels: int, frames: 
 
     Its group norms need a statistics pass per strip set (see ``adapters/cogvideox.py``), and no
     level is kept (``keep_below`` is Wan's). Checkpoint inputs stay on the device where the budget
-    allows; the fewest strips that fit.
+    allows; the fewest strips that fit; resnets reuse conv1's output of their statistics pass where
+    the forward's peak with it fits (``reuse_stats_pass``).
     """
     if budget_gib is None:
         return RecomputePlan(strips=strips or 1)
@@ -148,5 +157,6 @@ def plan_recompute_cogvideox(*, height: int, width: int, channels: int, frames: 
         rows = int(free / per_row) - _COG_HALO_ROWS
         # Thin strips cost halo rows and launches, but CogVideoX has no kept levels to trade instead.
         if rows >= min(_MIN_ROWS, height) or (offload and rows >= 16):
-            return RecomputePlan(strips=strips or max(1, -(-height // rows)), offload_checkpoints=offload)
+            return RecomputePlan(strips=strips or max(1, -(-height // rows)), offload_checkpoints=offload,
+                                 reuse_stats_pass=budget >= _COG_FORWARD_REUSE)
     return RecomputePlan(strips=strips or max(1, height // 8), offload_checkpoints=offload_available)

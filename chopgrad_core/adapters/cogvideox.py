@@ -16,7 +16,9 @@ each resnet, upsampler and the head is checkpointed once with its cache explicit
 (``RecomputePlan.strips``, planned by :func:`chopgrad_core.memory.plan_recompute_cogvideox`) large
 blocks run and are recomputed in horizontal strips, exactly through the group norms: statistics
 first, then the strips; in backward the statistics' gradients take a second pass (the section
-"Strips through group norms" below). With ``offload_cache`` the cache streams entry by entry
+"Strips through group norms" below). A resnet's backward takes two strip passes (conv1's output
+gradient gathered in a map between them), and where the plan allows (``reuse_stats_pass``) its
+forward keeps conv1's output from the statistics pass instead of recomputing it. With ``offload_cache`` the cache streams entry by entry
 (:class:`_CacheStream`), and checkpoint inputs wait in host memory as the strips' row ranges.
 
 Not here: the upsampler before the first full-resolution resnet is not fused into it, so that
@@ -378,6 +380,14 @@ def _unflatten(spec, flat, is_t, tensors):
 
 _PACKING = [True]  # off while a checkpoint recomputes in backward
 
+#: ``zq``'s gather indices are made once per shape on the device (False: from CPU tensors every call, as
+#: before: three blocking copies, each a stream synchronisation, per spatial norm and strip).
+INDEX_ON_DEVICE = True
+
+#: A resnet run in strips pulls its gradient back in two strip passes, conv1's output gradient gathered
+#: in a map between them (:meth:`_StripBlock._backward`); False: three passes, conv1 twice (as before).
+SPLIT_RESNET_BACKWARD = True
+
 
 class _SavedOnHost:
     """``saved_tensors_hooks`` that keep large saved tensors (checkpoint inputs) in host memory."""
@@ -514,19 +524,30 @@ def _nearest(n_in: int, n_out: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(src, size=n_out).view(-1).long()
 
 
-def _zq_rows(zq: torch.Tensor, size: tuple[int, int, int], rows: tuple[int, int]) -> torch.Tensor:
-    """Rows ``rows`` of ``CogVideoXSpatialNorm3D``'s interpolated ``zq`` at ``size`` (T H W), gathered
-    directly (the full-resolution interpolation is never built); same values, same gradient."""
-    t, h, w = size
-    t_in = zq.shape[2]
+def _zq_index(t_in: int, t: int, h_in: int, h: int, w_in: int, w: int, device: torch.device):
+    """The (frame, row, column) source indices of :func:`_zq_rows`, built once per shape on ``device``.
+
+    Made per call from CPU tensors they cost three blocking host-to-device copies per spatial norm
+    and strip, each of which waits for the GPU to drain its queue (a stream synchronisation), and
+    the GPU then idles while the next kernels are launched."""
     if t > 1 and t % 2 == 1:  # the first frame is interpolated on its own, as diffusers does
         t_idx = torch.cat([torch.zeros(1, dtype=torch.long), 1 + _nearest(t_in - 1, t - 1)])
     else:
         t_idx = _nearest(t_in, t)
-    r_idx = _nearest(zq.shape[3], h)[rows[0] : rows[1]]
-    dev = zq.device
-    return (zq.index_select(2, t_idx.to(dev)).index_select(3, r_idx.to(dev))
-            .index_select(4, _nearest(zq.shape[4], w).to(dev)))
+    return tuple(i.to(device) for i in (t_idx, _nearest(h_in, h), _nearest(w_in, w)))
+
+
+_zq_index_cached = functools.lru_cache(maxsize=1024)(_zq_index)
+
+
+def _zq_rows(zq: torch.Tensor, size: tuple[int, int, int], rows: tuple[int, int]) -> torch.Tensor:
+    """Rows ``rows`` of ``CogVideoXSpatialNorm3D``'s interpolated ``zq`` at ``size`` (T H W), gathered
+    directly (the full-resolution interpolation is never built); same values, same gradient."""
+    t, h, w = size
+    # Cached for plain tensors only: the memory model's fake tensors must not leave fake indices behind.
+    index = _zq_index_cached if (type(zq) is torch.Tensor and INDEX_ON_DEVICE) else _zq_index
+    t_idx, r_idx, c_idx = index(zq.shape[2], t, zq.shape[3], h, zq.shape[4], w, zq.device)
+    return zq.index_select(2, t_idx).index_select(3, r_idx[rows[0] : rows[1]]).index_select(4, c_idx)
 
 
 def _spatial_norm(norm: nn.Module, f: torch.Tensor, zq: torch.Tensor | None, stats, rows, height: int):
@@ -562,15 +583,30 @@ class _ResnetRun:
     def result(y, cache):
         return y, cache
 
+    #: Cache entries :meth:`first` writes (the others are :meth:`second`'s).
+    first_keys = ("norm1", "conv1")
+
     def __call__(self, x, zq, cache, stats, rows, height, stop=None):
+        h, new = self.first(x, zq, cache, stats, rows, height)
+        if stop == 1:
+            return h
+        y, rest = self.second(h, x, zq, cache, stats, rows, height)
+        new.update(rest)
+        return y, new
+
+    def first(self, x, zq, cache, stats, rows, height):
+        """norm1, SiLU, conv1: the input of norm2 (``h1``) and the cache entries written on the way."""
         m, cache, new = self.m, cache or {}, {}
         h, norm_cache = _spatial_norm(m.norm1, x, zq, stats[0], rows, height)
         if norm_cache is not None:
             new["norm1"] = norm_cache
         h = m.nonlinearity(h)
         h, new["conv1"] = m.conv1(h, conv_cache=cache.get("conv1"))
-        if stop == 1:
-            return h
+        return h, new
+
+    def second(self, h, x, zq, cache, stats, rows, height):
+        """norm2, SiLU, dropout, conv2 on ``h1`` and the shortcut of ``x``: the block's output."""
+        m, cache, new = self.m, cache or {}, {}
         h, norm_cache = _spatial_norm(m.norm2, h, zq, stats[1], rows, height)
         if norm_cache is not None:
             new["norm2"] = norm_cache
@@ -638,7 +674,7 @@ def _block(run, strips: StripPlan, owner: CogVideoXDecoder, forward, params, *ar
     is_t = [isinstance(t, torch.Tensor) for t in flat]
     tensors = [t for t in flat if isinstance(t, torch.Tensor)]
     box: dict = {}
-    y, *outs = _StripBlock.apply((run, owner._saved), n, spec, [None if t else v for t, v in zip(is_t, flat)],
+    y, *outs = _StripBlock.apply((run, owner._saved, strips.plan.reuse_stats_pass), n, spec, [None if t else v for t, v in zip(is_t, flat)],
                                  is_t, box, x, zq, *tensors, *params)
     it = iter(outs)
     return run.result(y, tree_unflatten([next(it) if t else v for t, v in zip(box["is_t"], box["leaves"])],
@@ -650,19 +686,39 @@ def _rows_of(tree, c0: int, c1: int):
                           tree_flatten(tree)[1])
 
 
-def _stats_of(run, n: int, x, zq, cache) -> list:
-    """Pass 1: every norm's statistics over the whole frame group, strip by strip."""
+def _stats_of(run, n: int, x, zq, cache, keep: dict | None = None) -> list:
+    """Pass 1: every norm's statistics over the whole frame group, strip by strip. With ``keep`` (a
+    resnet), conv1's output and the cache entries it writes are kept there as whole maps."""
     rows = x.shape[-2]
     stats = []
     for j, norm in enumerate(run.norms):
         strips = strip_rows(rows, n, run.halo)
         if j == 0:  # the first norm reads the block input itself
             pieces = (x[..., r0:r1, :] for r0, r1, _, _ in strips)
+        elif keep is not None and j == 1:
+            pieces = _kept_first(run, x, zq, cache, stats, strips, rows, keep)
         else:  # a later norm's input is recomputed strip by strip and dropped after its reduction
             pieces = (run(x[..., c0:c1, :], zq, _rows_of(cache, c0, c1), stats, (c0, c1), rows, stop=j)
                       [..., r0 - c0 : r1 - c0, :] for r0, r1, c0, c1 in strips)
         stats.append(_group_stats(pieces, norm))
     return stats
+
+
+def _kept_first(run, x, zq, cache, stats, strips, rows: int, keep: dict):
+    """A resnet's first half (norm1, conv1) strip by strip, for norm2's statistics: yields each
+    strip's interior of conv1's output and writes it, and the cache entries written on the way,
+    into whole maps in ``keep`` (``"h1"``, ``"cache"``), so the strips pass runs the second half only."""
+    for r0, r1, c0, c1 in strips:
+        h, new = run.first(x[..., c0:c1, :], zq, _rows_of(cache, c0, c1), stats, (c0, c1), rows)
+        if not keep:
+            keep["h1"] = h.new_empty((*h.shape[:-2], rows, h.shape[-1]))
+            keep["cache"] = {k: t.new_empty((*t.shape[:-2], rows, t.shape[-1])) if isinstance(t, torch.Tensor) else t
+                             for k, t in new.items()}
+        keep["h1"][..., r0:r1, :] = h[..., r0 - c0 : r1 - c0, :]
+        for k, t in new.items():
+            if isinstance(t, torch.Tensor):
+                keep["cache"][k][..., r0:r1, :] = t[..., r0 - c0 : r1 - c0, :]
+        yield h[..., r0 - c0 : r1 - c0, :]
 
 
 def _stat_grad(h: torch.Tensor, stats, grads) -> torch.Tensor:
@@ -691,16 +747,25 @@ class _StripBlock(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, run_saved, n, spec, flat, is_t, box, x, zq, *inputs):
-        run, saved = run_saved
+        run, saved, reuse = run_saved
         k = sum(is_t)
         cache_in, params = inputs[:k], inputs[k:]
         cache = _unflatten(spec, flat, is_t, cache_in)
         rows = x.shape[-2]
         with torch.no_grad():
-            stats = _stats_of(run, n, x, zq, cache)
+            # With ``reuse`` a resnet keeps conv1's output from the statistics pass (one map of its
+            # output's size) and the strips run norm2 on: one conv per resnet less in the forward.
+            kept = {} if reuse and isinstance(run, _ResnetRun) else None
+            stats = _stats_of(run, n, x, zq, cache, kept)
             y = cache_out = None
             for r0, r1, c0, c1 in strip_rows(rows, n, run.halo):
-                yc, cc = run(x[..., c0:c1, :], zq, _rows_of(cache, c0, c1), stats, (c0, c1), rows)
+                if kept:
+                    cc = {key: _rows_of(v, c0, c1) for key, v in kept["cache"].items()}
+                    yc, rest = run.second(kept["h1"][..., c0:c1, :], x[..., c0:c1, :], zq, _rows_of(cache, c0, c1),
+                                          stats, (c0, c1), rows)
+                    cc.update(rest)
+                else:
+                    yc, cc = run(x[..., c0:c1, :], zq, _rows_of(cache, c0, c1), stats, (c0, c1), rows)
                 leaves, out_spec = tree_flatten(cc)
                 s = run.scale
                 if y is None:  # shapes from the first strip, rows from the whole map
@@ -711,8 +776,13 @@ class _StripBlock(torch.autograd.Function):
                 for acc, t in zip(cache_out, leaves):
                     if isinstance(t, torch.Tensor):
                         acc[..., r0:r1, :] = t[..., r0 - c0 : r1 - c0, :]
+                # The top-level cache key of each tensor the block writes (which backward pass pulls its gradient).
+                out_keys = [key for key, v in cc.items() for t in tree_flatten(v)[0]
+                            if isinstance(t, torch.Tensor)] if isinstance(cc, dict) else []
                 del yc, cc, leaves
+            del kept
         box.update(spec=out_spec, leaves=cache_out, is_t=[isinstance(t, torch.Tensor) for t in cache_out])
+        ctx.out_keys, ctx.split = out_keys, SPLIT_RESNET_BACKWARD
         ctx.run, ctx.n, ctx.spec, ctx.flat, ctx.is_t, ctx.stats, ctx.params = run, n, spec, flat, is_t, stats, params
         ctx.out_is_t = box["is_t"]
         ctx.set_materialize_grads(False)
@@ -767,9 +837,11 @@ class _StripBlock(torch.autograd.Function):
         grad_p = [None] * len(params)
         grad_stats = [[torch.zeros_like(st[0]), torch.zeros_like(st[1])] for st in stats]
 
-        def pull(outs, grads, i, num_stats, stop=None):
-            """Recompute strip i (up to norm ``stop``'s input), take its interior ``outs(out)``,
-            pull ``grads(interior)`` back through it and accumulate every input's gradient."""
+        def pull(outs, grads, i, num_stats, stop=None, call=None, extra=None):
+            """Recompute strip i (up to norm ``stop``'s input; or ``call`` it), take its interior
+            ``outs(out)``, pull ``grads(interior)`` back through it and accumulate every input's
+            gradient. ``extra``: (a list the call appends one more leaf to, a function that takes
+            that leaf's gradient as ``(g, c0, c1)``)."""
             c0, c1 = strips[i][2:]
             xc, *cc = pieces(i)
             xc = xc.detach().requires_grad_(need_x)
@@ -777,13 +849,20 @@ class _StripBlock(torch.autograd.Function):
             cc = [t.detach().requires_grad_(nd) for t, nd in zip(cc, need_c)]
             st = [(m.detach().requires_grad_(), r.detach().requires_grad_(), cnt) for m, r, cnt in stats[:num_stats]]
             with torch.enable_grad():  # backward runs with grad off: the recomputation needs it on
-                interior = outs(run(xc, zl, _unflatten(ctx.spec, ctx.flat, ctx.is_t, cc), st, (c0, c1), rows,
-                                    stop=stop))
+                cache = _unflatten(ctx.spec, ctx.flat, ctx.is_t, cc)
+                if call is None:
+                    out = run(xc, zl, cache, st, (c0, c1), rows, stop=stop)
+                else:
+                    out = call(xc, zl, cache, st, (c0, c1), rows)
+                interior = outs(out)
+                del out
                 pairs = [(o, g) for o, g in zip(interior, grads(interior)) if g is not None and o.requires_grad]
             if not pairs:
                 return
             wrt = ([xc] if need_x else []) + ([zl] if need_zq else []) + [t for t in cc if t.requires_grad]
             wrt += [t for m, r, _ in st for t in (m, r)] + params
+            if extra is not None:
+                wrt.append(extra[0][-1])
             got = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True))
             del pairs, interior
             if need_x:
@@ -807,20 +886,65 @@ class _StripBlock(torch.autograd.Function):
                 g = next(got)
                 if g is not None:
                     grad_p[i] = g if grad_p[i] is None else grad_p[i] + g
+            if extra is not None:
+                g = next(got)
+                if g is not None:
+                    extra[1](g, c0, c1)
 
-        # 1. The strips, pulled back with their rows of the output's (and written cache's) gradient.
-        for i, (r0, r1, c0, c1) in enumerate(strips):
-            grads = [None if grad_y is None else grad_y[..., r0 * s : r1 * s, :]]
-            grads += [None if g is None else g[..., r0:r1, :] for g in grad_cache_out]
+        def interior_of(out, r0, r1, c0):  # a strip's interior rows of its output and written cache
+            y, cache = out
+            leaves = [t for t in tree_flatten(cache)[0] if isinstance(t, torch.Tensor)]
+            return [y[..., (r0 - c0) * s : (r1 - c0) * s, :]] + [t[..., r0 - c0 : r1 - c0, :] for t in leaves]
 
-            def interior(out, r0=r0, r1=r1, c0=c0):
-                y, cache = out
-                leaves = [t for t in tree_flatten(cache)[0] if isinstance(t, torch.Tensor)]
-                return [y[..., (r0 - c0) * s : (r1 - c0) * s, :]] + [t[..., r0 - c0 : r1 - c0, :] for t in leaves]
+        if isinstance(run, _ResnetRun) and ctx.split:
+            # A resnet in two passes instead of three: (1) the strips from norm2 on, with conv1's output
+            # h1 recomputed without gradient as a leaf, whose gradient is gathered into a map of h1's
+            # size; (2) once norm2's statistics' gradients are complete, norm1 and conv1 pulled back
+            # strip by strip with that map plus the statistics' term. Before, conv1 was recomputed and
+            # back-propagated twice (in the strips and again for norm2's statistics): per resnet 9
+            # conv-units of backward (a conv's forward = 1), now 7. Same gradient, summed in another order.
+            first = [g for g, key in zip(grad_cache_out, ctx.out_keys) if key in run.first_keys]
+            rest = [g for g, key in zip(grad_cache_out, ctx.out_keys) if key not in run.first_keys]
+            g_h1: list = []
 
-            pull(interior, lambda _, grads=grads: grads, i, len(stats))
+            def add_h1(g, c0, c1):
+                if not g_h1:
+                    g_h1.append(g.new_zeros((*g.shape[:-2], rows, g.shape[-1])))
+                g_h1[0][..., c0:c1, :] += g
+
+            for i, (r0, r1, c0, c1) in enumerate(strips):
+                leaf: list = []
+
+                def second(xc, zl, cache, st, rr, height, leaf=leaf):
+                    with torch.no_grad():
+                        h1 = run.first(xc, zl, cache, st, rr, height)[0]
+                    leaf.append(h1.requires_grad_())
+                    return run.second(h1, xc, zl, cache, st, rr, height)
+
+                grads = [None if grad_y is None else grad_y[..., r0 * s : r1 * s, :]]
+                grads += [None if g is None else g[..., r0:r1, :] for g in rest]
+                pull(lambda out, r0=r0, r1=r1, c0=c0: interior_of(out, r0, r1, c0),
+                     lambda _, grads=grads: grads, i, len(stats), call=second, extra=(leaf, add_h1))
+            for i, (r0, r1, c0, c1) in enumerate(strips):
+                def grads(interior, r0=r0, r1=r1):
+                    g = _stat_grad(interior[0].detach(), stats[1], grad_stats[1])
+                    if g_h1:
+                        g = g + g_h1[0][..., r0:r1, :]
+                    return [g] + [None if t is None else t[..., r0:r1, :] for t in first]
+
+                pull(lambda out, r0=r0, r1=r1, c0=c0: interior_of(out, r0, r1, c0), grads, i, 1, call=run.first)
+            g_h1.clear()
+            norms_left = [0]
+        else:
+            # 1. The strips, pulled back with their rows of the output's (and written cache's) gradient.
+            for i, (r0, r1, c0, c1) in enumerate(strips):
+                grads = [None if grad_y is None else grad_y[..., r0 * s : r1 * s, :]]
+                grads += [None if g is None else g[..., r0:r1, :] for g in grad_cache_out]
+                pull(lambda out, r0=r0, r1=r1, c0=c0: interior_of(out, r0, r1, c0),
+                     lambda _, grads=grads: grads, i, len(stats))
+            norms_left = list(range(len(stats)))
         # 2. The statistics' gradients through their reductions, last norm first.
-        for j in reversed(range(len(stats))):
+        for j in reversed(norms_left):
             for i, (r0, r1, c0, c1) in enumerate(strips):
                 if j == 0:  # the first norm reads the block input: an elementwise term, nothing to
                     if need_x:  # recompute; frame by frame, so its fp32 temporary stays small

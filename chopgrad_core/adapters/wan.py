@@ -42,8 +42,8 @@ from typing import Iterator
 
 import torch
 from diffusers import AutoencoderKLWan
-from diffusers.models.autoencoders.autoencoder_kl_wan import (CACHE_T, WanResample, WanResidualBlock, WanUpBlock,
-                                                              unpatchify)
+from diffusers.models.autoencoders.autoencoder_kl_wan import (CACHE_T, WanCausalConv3d, WanResample,
+                                                              WanResidualBlock, WanRMS_norm, WanUpBlock, unpatchify)
 
 from chopgrad_core.decoder import CacheOffloader, CausalCache, CausalDecoder, Group, StripPlan, strip_rows
 from chopgrad_core.memory import RecomputePlan
@@ -144,6 +144,15 @@ class WanDecoder(CausalDecoder):
         head = _recomputed(head_params, functools.partial(_head, decoder), 1, 1, strips, io)
         decoder.forward = functools.partial(_decoder_forward, decoder, head, strips, io)
         patched.append(decoder)
+        if LEAN_FORWARD:  # every forward here is ours (no-grad strips, recomputation, kept blocks)
+            for module in decoder.modules():
+                if isinstance(module, WanCausalConv3d):
+                    module.forward = functools.partial(_lean_causal_conv, module)
+                elif isinstance(module, WanRMS_norm):
+                    module.forward = functools.partial(_lean_rms_norm, module)
+                else:
+                    continue
+                patched.append(module)
         io.per_block = True
         try:
             yield
@@ -157,6 +166,42 @@ class WanDecoder(CausalDecoder):
 # ----------------------------------------------------------------------------------------------
 # Recomputation
 # ----------------------------------------------------------------------------------------------
+
+#: Inside :meth:`WanDecoder.recomputation` the causal convolutions pad spatially inside the
+#: convolution and the RMS norms reduce straight from their input (:func:`_lean_causal_conv`,
+#: :func:`_lean_rms_norm`): the same arithmetic with fewer passes over each map, for the recomputed
+#: forward, which at 480x832 costs about 0.44x of plain D=0 (a profile on one H200: its copies and
+#: norms are memory-bound). Off by default: exact on the CPU (tests), not yet timed on a GPU
+#: (``benchmarks/chopgrad_memory.py --scenario h200-issue15-g2``). False: diffusers' modules as they are.
+LEAN_FORWARD = False
+
+
+def _lean_causal_conv(conv: WanCausalConv3d, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
+    """``WanCausalConv3d.forward`` (diffusers 0.42.1) with the spatial zero padding done by the
+    convolution instead of ``F.pad`` on its input: the same sums, one padded copy of the input fewer.
+    The causal (front) padding in time stays a concatenation with the cached frames (and zeros)."""
+    p = list(conv._padding)  # (w, w, h, h, 2t, 0), symmetric in space
+    if cache_x is not None and p[4] > 0:
+        x = torch.cat([cache_x.to(x.device), x], dim=2)
+        p[4] -= cache_x.shape[2]
+    if p[4] > 0:
+        x = torch.nn.functional.pad(x, (0, 0, 0, 0, p[4], 0))
+    return torch.nn.functional.conv3d(x, conv.weight, conv.bias, conv.stride, (0, p[2], p[0]), conv.dilation,
+                                      conv.groups)
+
+
+def _lean_rms_norm(norm: WanRMS_norm, x: torch.Tensor) -> torch.Tensor:
+    """``WanRMS_norm.forward`` (diffusers 0.42.1) in fewer passes: the fp32 norm is reduced straight
+    from ``x`` (no fp32 copy of the map; half precision is upcast per element, as ``x.float()`` did),
+    the division promotes to fp32 as before, and a zero bias is not added. Same values: ``x / |x|``
+    rounded to x's dtype, times ``scale``, times ``gamma``."""
+    dim = 1 if norm.channel_first else -1
+    n = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=torch.float32)
+    y = (x / n.clamp_min(1e-12)).to(x.dtype) * norm.scale * norm.gamma
+    if isinstance(norm.bias, float) and norm.bias == 0.0:
+        return y
+    return y + norm.bias
+
 
 # Rows of context a strip needs so that its interior is exact: a residual block stacks two 3x3
 # convolutions (2 rows); an upsampler's 3x3 convolution after 2x nearest upsampling needs 1 input
@@ -214,14 +259,14 @@ def _recomputed(params: list[torch.nn.Parameter], forward, num_slots: int, scale
         if feat_cache is None:
             return forward(x, feat_cache=feat_cache, feat_idx=feat_idx)
         i = feat_idx[0]
-        io.ready(range(i, i + num_slots))
+        io.ready(range(i, i + num_slots), start=i)
         if torch.is_grad_enabled() and not plan.keep(x.shape[-2]):
             slots_in = feat_cache[i : i + num_slots]
             # Slots fetched from host memory for this group: the block saves the host copy.
             hosts = []
             for j, t in enumerate(slots_in):
                 dev, host = io.from_host.pop(i + j, (None, None))
-                hosts.append(host if dev is t else None)
+                hosts.append(host if dev is t and io.save_host_copies else None)
             y, *slots_out = _RecomputedBlock.apply(forward, num_slots, scale, plan, io, hosts, x, *slots_in, *params)
             feat_cache[i : i + num_slots] = slots_out  # the restore: the block's writes, as it made them
             feat_idx[0] = i + num_slots
@@ -245,6 +290,12 @@ class _SlotIO:
     recomputed block saves the host copy for its backward instead of keeping the device one.
     """
 
+    #: A block without slots starts the next block's fetch (False: as before, it started none).
+    ahead_of_slotless = True
+    #: A recomputed block saves the host copy of a slot fetched from host memory (False: the device
+    #: copy stays alive until backward, which then fetches nothing; more device memory).
+    save_host_copies = True
+
     def __init__(self) -> None:
         self.offload: CacheOffloader | None = None
         self.store = False
@@ -254,15 +305,22 @@ class _SlotIO:
         self.pending: list[tuple[int, torch.Tensor]] = []  # (slot, host copy) not yet fetched, in read order
         self.saver: _CheckpointSaver | None = None  # offloads what recomputed blocks save
 
-    def ready(self, keys) -> None:
-        """Slots ``keys`` are about to be read: fetch them (and the next block's) and wait for them."""
+    def ready(self, keys, start: int | None = None) -> None:
+        """Slots ``keys`` are about to be read: fetch them (and the next block's) and wait for them.
+
+        ``start``: the block's first slot index, so that a block with no slots of its own (the
+        spatial upsamplers) still starts the next block's fetch before it computes."""
         if self.offload is None:
             return
         keys = list(keys)
         if self.pending:
             # Two slots past these: the next block's slots copy while this block computes, so the
             # input cache is on the device a block at a time, not all of it from the group's start.
-            limit = max(keys, default=-1) + _FETCH_AHEAD
+            # (Counted from ``start`` for a block without slots: from its keys alone nothing was
+            # fetched ahead of a 2D upsampler, and the first full-resolution block waited for its
+            # slots' whole copy.)
+            last = max(keys, default=-1 if (start is None or not self.ahead_of_slotless) else start - 1)
+            limit = last + _FETCH_AHEAD
             n = next((j for j, (k, _) in enumerate(self.pending) if k > limit), len(self.pending))
             batch, self.pending = self.pending[:n], self.pending[n:]
             for (k, host), dev in zip(batch, self.offload.fetch(batch)):
@@ -290,6 +348,11 @@ class _CheckpointSaver:
     have a host copy (the window's input cache) are not copied again: their host buffer survives
     until the backward pass (the offloader's ring).
     """
+
+    #: Start the next block's fetch at this block's first strip (True) or at its last (False). Off: on one
+    #: H200 (896x1600, 17 frames, with ``_SlotIO.ahead_of_slotless``) it moved 1.56x plain D=0 to 1.55x and
+    #: the peak 6.88 -> 7.14 GiB (benchmarks/RESULTS.md, issue 15 part g).
+    early_start = False
 
     def __init__(self, offloader: CacheOffloader, min_bytes: int | None) -> None:
         self.offloader, self.min_bytes = offloader, min_bytes  # None: nothing copied to host
@@ -358,11 +421,17 @@ class _CheckpointSaver:
             t = self._get(n, k)
             if not last:
                 self._fetch(n, k + 1)
-        if last:  # the block before this one runs backward next
-            del self.records[n]
+        if k == 0 or last:
+            # The block before this one runs backward next: its slots and first input piece start
+            # copying with this block's last strip, or with ``early_start`` its first, so the copy
+            # has this block's whole backward to hide behind (a full-resolution block's two slots,
+            # 1.1 GB at 896x1600, copy in about two strips' recomputation there); the device then
+            # holds them from the first strip on.
             following = [m for m in self.records if m < n]
-            if following:
+            if following and ((k == 0 and self.early_start) or (last and not self.early_start)):
                 self._start(max(following))
+            if last:
+                del self.records[n]
         return t
 
     def clear(self) -> None:

@@ -77,6 +77,74 @@ class TestWanLevers:
         assert abs(float(loss1) - float(loss0)) <= RTOL * abs(float(loss0))
         assert rel_err(levered, plain) < RTOL
 
+    @pytest.mark.parametrize("early_start", [True, False])
+    def test_fetches_ahead_of_every_block(self, wan, early_start, monkeypatch):
+        """Every block but a group's first finds its input slots already on their way (a block
+        without slots, the 2D upsampler, starts the next block's fetch too), and backward's
+        prefetch of the next block at its first strip or its last keeps the gradient."""
+        from chopgrad_core.adapters import wan as wan_adapter
+
+        vae, z, target = wan
+        late = []
+        ready = wan_adapter._SlotIO.ready
+
+        def checked(self, keys, start=None):
+            keys = list(keys)
+            waiting = {k for k, _ in self.pending}
+            if keys and keys[0] > 0 and waiting & set(keys):
+                late.append(keys)
+            return ready(self, keys, start)
+
+        monkeypatch.setattr(wan_adapter._SlotIO, "ready", checked)
+        monkeypatch.setattr(wan_adapter._CheckpointSaver, "early_start", early_start)
+        _, plain = run(vae, z, target, mode="sliding", window=0)
+        _, levered = run(vae, z, target, mode="sliding", window=0, recompute=True, offload_cache=True,
+                         micro_batch=1, recompute_plan=PLANS["all"])
+        assert not late, f"blocks waited for slots nobody had fetched ahead of them: {late}"
+        assert rel_err(levered, plain) < RTOL
+
+    @pytest.mark.parametrize("lean", [True, False])
+    def test_lean_forward_equals_plain_truncation(self, wan, lean, monkeypatch):
+        """The recomputation's causal convs pad inside the convolution and its RMS norms reduce
+        straight from their input (or diffusers' modules as they are): gradients of every
+        parameter and of the latents equal plain truncation's, and the lean modules did run."""
+        from chopgrad_core.adapters import wan as wan_adapter
+
+        vae, z, target = wan
+        monkeypatch.setattr(wan_adapter, "LEAN_FORWARD", lean)
+        calls = []
+        for name in ("_lean_causal_conv", "_lean_rms_norm"):
+            fn = getattr(wan_adapter, name)
+            monkeypatch.setattr(wan_adapter, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
+        params = cg.wrap(vae).parameters()
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            loss0, plain = run(vae, z, target, params, mode="sliding", window=0)
+            loss1, levered = run(vae, z, target, params, mode="sliding", window=0, recompute=True, offload_cache=True,
+                                 micro_batch=1, recompute_plan=PLANS["strips+keep_low_levels"])
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+                p.grad = None
+        assert set(calls) == ({"_lean_causal_conv", "_lean_rms_norm"} if lean else set())
+        assert abs(float(loss1) - float(loss0)) <= RTOL * abs(float(loss0))
+        assert rel_err(levered, plain) < RTOL
+
+    def test_lean_modules_match_diffusers_in_bf16(self, wan):
+        from chopgrad_core.adapters import wan as wan_adapter
+
+        vae = wan[0]
+        resnet = vae.decoder.up_blocks[0].resnets[0]
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, resnet.norm1.gamma.shape[0], 3, 5, 7, generator=g)
+        assert torch.equal(wan_adapter._lean_rms_norm(resnet.norm1, x.bfloat16()), resnet.norm1(x.bfloat16()))
+        conv = resnet.conv1
+        x = torch.randn(1, conv.in_channels, 4, 6, 5, generator=g)
+        cache = torch.randn(1, conv.in_channels, 2, 6, 5, generator=g)
+        for c in (None, cache, cache[:, :, -1:]):
+            assert torch.allclose(wan_adapter._lean_causal_conv(conv, x, c), conv(x, c), rtol=1e-5, atol=1e-6)
+
     def test_memory_budget_plans_and_stays_exact(self, wan):
         vae, z, target = wan
         _, plain = run(vae, z, target, mode="sliding", window=0)
@@ -154,6 +222,51 @@ class TestCogVideoXStrips:
         assert {name for name, n in striped if n > 1} == {"_ResnetRun", "_UpsampleRun", "_HeadRun"}
         assert abs(float(loss1) - float(loss0)) <= RTOL * abs(float(loss0))
         assert rel_err(levered, plain) < RTOL
+
+
+class TestCogVideoXResnetPasses:
+    """A resnet in strips: backward in two strip passes (conv1's output gradient gathered in a map
+    between them) instead of three, and the forward's strips reusing conv1's output from the
+    statistics pass: each alone and together, the gradients equal plain truncation's."""
+
+    @pytest.mark.parametrize("split,reuse,mode,window", [(True, True, "sliding", 0), (True, True, "sliding", 1),
+                                                         (False, True, "sliding", 0), (True, False, "block", 2)])
+    def test_equal_plain_truncation(self, cog, split, reuse, mode, window, monkeypatch):
+        from chopgrad_core.adapters import cogvideox
+
+        vae, z, target = cog
+        monkeypatch.setattr(cogvideox, "SPLIT_RESNET_BACKWARD", split)
+        calls = {"first": 0, "second": 0}
+        for name in calls:
+            method = getattr(cogvideox._ResnetRun, name)
+            monkeypatch.setattr(cogvideox._ResnetRun, name,
+                                lambda self, *a, _m=method, _n=name: calls.__setitem__(_n, calls[_n] + 1) or _m(self, *a))
+        params = cg.wrap(vae).parameters()  # every parameter: conv1's and norm1's too
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            loss0, plain = run(vae, z, target, params, mode=mode, window=window)
+            plan = RecomputePlan(strips=3, offload_checkpoints=True, offload_min_bytes=0, reuse_stats_pass=reuse)
+            loss1, levered = run(vae, z, target, params, mode=mode, window=window, recompute=True,
+                                 offload_cache=True, micro_batch=1, recompute_plan=plan)
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+                p.grad = None
+        assert calls["second"] > 0 and calls["first"] > 0
+        assert abs(float(loss1) - float(loss0)) <= RTOL * abs(float(loss0))
+        assert rel_err(levered, plain) < RTOL
+
+    def test_zq_indices_made_once_per_shape(self):
+        from chopgrad_core.adapters import cogvideox
+
+        zq = torch.randn(1, 2, 3, 4, 5)
+        a = cogvideox._zq_rows(zq, (9, 16, 20), (3, 11))
+        b = cogvideox._zq_rows(zq, (9, 16, 20), (0, 16))
+        up = torch.nn.functional.interpolate  # as CogVideoXSpatialNorm3D: the first frame on its own
+        reference = torch.cat([up(zq[:, :, :1], size=(1, 16, 20)), up(zq[:, :, 1:], size=(8, 16, 20))], dim=2)
+        assert torch.equal(a, reference[..., 3:11, :]) and torch.equal(b, reference)
+        assert cogvideox._zq_index_cached.cache_info().hits >= 1
 
 
 class TestPlanner:
