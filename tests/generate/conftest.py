@@ -32,29 +32,26 @@ def _no_ray_left_behind():
 
 
 @pytest.fixture(scope="session")
-def logs(tmp_path_factory) -> Path:
-    from drivegen.data.sample_data import generate_sample_logs
-
-    root = tmp_path_factory.mktemp("generate")
-    generate_sample_logs(root / "logs", nuscenes_scenes=1)
-    return root / "logs"
+def logs(one_scene_sample) -> Path:
+    """The sample logs with one nuScenes scene (tests/conftest.py: shared with other folders, read-only)."""
+    return Path(one_scene_sample.root)
 
 
 @pytest.fixture(scope="session")
-def world(logs) -> World:
+def world(logs, tmp_path_factory) -> World:
     from drivegen.data import preprocess
     from drivegen.train import DataConfig, TrainConfig, Trainer, TrainerConfig
 
     torch.set_flush_denormal(True)  # random-weight decoders produce denormals
-    root = logs.parent
-    cfg = preprocess.load_config([f"input_root={root / 'logs'}", f"out={root / 'clips.zarr'}",
+    root = tmp_path_factory.mktemp("generate")
+    cfg = preprocess.load_config([f"input_root={logs}", f"out={root / 'clips.zarr'}",
                                   f"cameras=[{','.join(CAMERAS)}]", f"conditions.image_size=[{IMAGE_SIZE[0]},{IMAGE_SIZE[1]}]",
                                   "conditions.bev=false", "clip.length=5", "clip.stride=5", "ray.num_workers=2",
                                   "progress=false"])
     preprocess.run(cfg)
-    data = DataConfig(logs=str(root / "logs"), store=str(root / "clips.zarr"), image_size=IMAGE_SIZE)
+    data = DataConfig(logs=str(logs), store=str(root / "clips.zarr"), image_size=IMAGE_SIZE)
     Trainer(TrainConfig(data=data, trainer=TrainerConfig(steps=2, sample_steps=0, out=str(root / "train")))).train()
-    return World(logs=root / "logs", store=root / "clips.zarr", checkpoint=root / "train", root=root)
+    return World(logs=logs, store=root / "clips.zarr", checkpoint=root / "train", root=root)
 
 
 @pytest.fixture(scope="session")

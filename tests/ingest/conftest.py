@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from drivegen.data.sample_data import generate_sample_logs
-
 
 @pytest.fixture(scope="session")
-def sample(tmp_path_factory):
-    return generate_sample_logs(tmp_path_factory.mktemp("ingest") / "sample", seed=0, nuscenes_scenes=1)
+def sample(one_scene_sample):
+    """The SampleLogs (files and truth) of generate_sample_logs(seed=0, nuscenes_scenes=1): tests/conftest.py's
+    ``one_scene_sample``, shared with other folders (read-only: tests that damage a log copy it)."""
+    return one_scene_sample

@@ -13,8 +13,9 @@ import preprocess_logs  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def logs(tmp_path_factory):
+def logs(tmp_path_factory, one_scene_sample):
     """{"good": [refs], "corrupt": ref, "stripped": ref, "opener": callable or None}: the sample
-    logs of drivegen.data.sample_data and their corrupt and image-less variants."""
+    logs of drivegen.data.sample_data (tests/conftest.py's ``one_scene_sample``, shared with other
+    folders, read-only) and their corrupt and image-less variants."""
     root = tmp_path_factory.mktemp("logs")
-    return preprocess_logs.sample_logs(root)
+    return preprocess_logs.sample_logs(root, good=one_scene_sample.root)

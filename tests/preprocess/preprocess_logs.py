@@ -15,15 +15,16 @@ import numpy as np
 # -- real sample logs ------------------------------------------------------------------------
 
 
-def sample_logs(root: Path) -> dict:
-    """Sample logs under root/good, plus root/bad (a corrupt Waymo copy) and root/stripped (a
-    Waymo segment without images). Returns {"good": [...], "corrupt": ref, "stripped": ref, "opener": None}."""
+def sample_logs(root: Path, good: Path | None = None) -> dict:
+    """Sample logs under `good` (default root/good; written there when missing), plus root/bad (a
+    corrupt Waymo copy) and root/stripped (a Waymo segment without images). Returns {"good": [...],
+    "corrupt": ref, "stripped": ref, "opener": None}."""
     from drivegen.data.ingest import discover_logs
     from drivegen.data.ingest.tfrecord import iter_records, write_records
     from drivegen.data.sample_data import generate_sample_logs
 
-    good = root / "good"
-    generate_sample_logs(good, nuscenes_scenes=1)
+    good = root / "good" if good is None else Path(good)
+    generate_sample_logs(good, nuscenes_scenes=1)  # the sample logs, unless good holds them already
     refs = discover_logs(good)
     waymo = next(r for r in refs if r.kind == "waymo")
     # A corrupt copy: same segment, another name, bytes flipped in the middle of the file.

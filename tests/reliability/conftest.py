@@ -14,28 +14,17 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def sample_logs(tmp_path_factory) -> Path:
-    from drivegen.data.sample_data import generate_sample_logs
-
-    root = tmp_path_factory.mktemp("logs")
-    generate_sample_logs(root, nuscenes_scenes=1)
-    return root
+def sample_logs(one_scene_sample) -> Path:
+    """The sample logs with one nuScenes scene (tests/conftest.py: shared with other folders)."""
+    return Path(one_scene_sample.root)
 
 
 @pytest.fixture(scope="session")
-def train_data(sample_logs, tmp_path_factory):
-    """DataConfig of a 32x48 store of 5-frame clips, written by the trainer's own ensure_store
-    (preprocessing on an embedded Ray, which is shut down again: later forks must not inherit it)."""
-    import ray
-
-    from drivegen.train import DataConfig, TrainConfig
-    from drivegen.train.trainer import ensure_store
-
-    data = DataConfig(logs=str(sample_logs), store=str(tmp_path_factory.mktemp("store") / "clips.zarr"),
-                      image_size=[32, 48])
-    ensure_store(TrainConfig(data=data))
-    ray.shutdown()
-    return data
+def train_data(one_scene_store):
+    """DataConfig of a 32x48 store of 5-frame clips of ``sample_logs``, written by the trainer's own
+    ensure_store (preprocessing on an embedded Ray, which is shut down again: later forks must not
+    inherit it). tests/conftest.py's ``one_scene_store``, shared with tests/train."""
+    return one_scene_store
 
 
 @pytest.fixture(scope="session")
