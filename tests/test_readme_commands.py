@@ -4,10 +4,7 @@ drift from the CLIs again).
 The test reads README.md when it runs, so a command added to any section (a ``python -m
 drivegen.preview``, a ``python -m drivegen.evaluate``) is picked up and run. Each command runs in
 a subprocess, in one scratch working folder, in README order (so ``make train`` leaves the
-checkpoint that the generation commands read), exactly as written, except that the commands of a
-module ``BESIDE`` names run in a second lane, in README order among themselves, once the command
-it names has finished (they read and write nothing the other commands write or read; CI's two
-cores run both lanes); the test only
+checkpoint that the generation commands read), exactly as written; the test only
 
 - appends size overrides for its module (``SIZES``: Hydra keeps the last value of a key), so
   training and generation finish in seconds on a CPU;
@@ -31,11 +28,10 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shlex
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -78,9 +74,8 @@ SIZES = {
     "chopgrad_core.heads.restore": [],
     "conditions.preview": [],
     "drivegen.preview": ["image_size=[48,80]"],
-    # one clip: no Ray startup; the probe as narrow as tests/evaluate's (it scores every store frame)
-    "drivegen.evaluate": ["sampler.steps=2", "probe.steps=5", "probe.width=8", "max_clips=1"],
-    "drivegen.evaluate.probe": ["probe.steps=5", "probe.width=8"],
+    "drivegen.evaluate": ["sampler.steps=2", "probe.steps=5", "max_clips=1"],  # one clip: no Ray startup
+    "drivegen.evaluate.probe": ["probe.steps=5"],
 }
 
 # README's <name> placeholders and the value each stands for here.
@@ -96,29 +91,13 @@ OPTIONAL_SKIPPED = {
 
 MAKE_TARGETS = {"make train": "train"}  # run as the Makefile's recipe for the target
 
-# Modules whose commands run in a lane of their own beside the others, once the command named has
-# finished, with the reason they may: they read nothing the other commands write, and write nothing
-# the other commands read.
-BESIDE = {
-    "chopgrad_core.heads.": ("make train", "they read only the sample logs make train writes (data.root "
-                             "datasets/sample/nuscenes/sweeps, data.prepare finds it there) and their own "
-                             "placeholder files, and write only outputs/finetune/ and out.mp4"),
-}
-
 
 def _clip_store(path: Path) -> None:
     """The store `python -m drivegen.preprocess` writes by default (README: other entry points),
-    at a small image size, of the one log the README previews from it (datasets/sample/nuscenes:
-    scene-drivegen-0001, there after `make train`). On the test's Ray cluster when it is up (the
-    commands with ray.address=auto before it started it), else on an embedded Ray."""
-    import ray
-
+    at a small image size; its input, datasets/sample, is there after `make train`."""
     sizes = ["conditions.image_size=[32,48]", "conditions.bev_size_px=[32,32]", "progress=false"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    if ray.is_initialized():
-        env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-    subprocess.run([sys.executable, "-m", "drivegen.preprocess", "input_root=datasets/sample/nuscenes", f"out={path}",
-                    *sizes], cwd=path.parents[1], env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "drivegen.preprocess", f"out={path}", *sizes], cwd=path.parents[1],
+                   check=True, capture_output=True, timeout=300)
 
 
 def _video(path: Path, frames: int = 9, size=(48, 64), seed: int = 0) -> None:
@@ -232,27 +211,6 @@ def test_readme_parses_into_known_commands():
     assert any("drivegen.generate" in c for c in commands) and any(c.startswith("make train") for c in commands)
 
 
-def _run(command: str, cwd: Path, env: dict, timeout: float = 300) -> tuple[int | None, str, float]:
-    """``bash -c command``: its exit status (None: killed at the timeout), the end of its stderr and
-    the CPU seconds of the process and the children it waited for (os.wait4's, so also right while
-    another lane's command runs)."""
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        deadline, killed = time.monotonic() + timeout, False
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if not killed and time.monotonic() > deadline:
-                proc.kill()
-                killed = True
-            time.sleep(0.1)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-        err.seek(0)
-        return (None if killed else proc.returncode), err.read().decode(errors="replace")[-3000:], \
-            usage.ru_utime + usage.ru_stime
-
-
 def test_every_readme_command_runs(tmp_path, ray_address):
     work = tmp_path / "work"
     work.mkdir()
@@ -261,8 +219,6 @@ def test_every_readme_command_runs(tmp_path, ray_address):
                HYDRA_FULL_ERROR="1", MPLBACKEND="Agg")
     env.pop("RAY_ADDRESS", None)
     ran, failures = [], []
-    # 1. Every command as it will run, checked before any runs: (command, line, module, placeholders).
-    steps = []
     for command in readme_commands(README.read_text()):
         if command in NOT_RUN:
             continue
@@ -283,63 +239,29 @@ def test_every_readme_command_runs(tmp_path, ray_address):
         # Placeholders: files it names that the test makes (absolute ones inside the scratch folder).
         values = [v for token in shlex.split(line) for v in re.split(r"[\[\],]", token.split("=", 1)[-1]) if v]
         for value in values:
-            if value.startswith("/") and value not in FILES and not value.startswith(str(tmp_path)):
+            if value in FILES:
+                target = work / value.lstrip("/")
+                if not target.exists():
+                    FILES[value](target)  # after the commands before it: a store needs make train's logs
+                if value.startswith("/"):
+                    line = line.replace(f"={value}", f"={target}")
+            elif value.startswith("/") and not value.startswith(str(tmp_path)):
                 failures.append(f"{command!r}: placeholder path {value} unknown; add it to FILES")
-        steps.append((command, line, module, [v for v in values if v in FILES]))
-
-    def run(step, lane: str) -> None:
-        command, line, module, placeholders = step
-        for value in placeholders:
-            target = work / value.lstrip("/")
-            if not target.exists():
-                FILES[value](target)  # after the commands before it: a store needs make train's logs
-            if value.startswith("/"):
-                line = line.replace(f"={value}", f"={target}")
         run_env = dict(env)
         if "ray.address=auto" in line:
-            run_env.update(ray_address())  # started before its lane, in this thread
+            run_env.update(ray_address())
         for label, variant in _variants(line):
             full = f"{variant} {' '.join(shlex.quote(o) for o in SIZES[module])}"
+            cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
-            returncode, stderr, cpu = _run(full, work, run_env)
+            proc = subprocess.run(["bash", "-c", full], cwd=work, env=run_env, capture_output=True, text=True,
+                                  timeout=300)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             ran.append(label)
             # CPU seconds say what a command costs on a quiet machine; wall seconds depend on the load.
-            print(f"{cpu:7.1f} s CPU {time.perf_counter() - t0:7.1f} s wall  [{lane}] {label}")
-            if returncode is None:
-                failures.append(f"{label!r} (ran: {full}) did not finish within 300 s:\n{stderr}")
-            elif returncode != 0:
-                failures.append(f"{label!r} (ran: {full}) exited {returncode}:\n{stderr}")
-
-    def run_lane(lane_steps, lane: str) -> None:
-        try:
-            for step in lane_steps:
-                run(step, lane)
-        except BaseException as exc:  # reported with the others, not lost in the thread
-            failures.append(f"lane {lane}: {exc!r}")
-
-    # 2. The lanes: BESIDE's beside the main one, each started once its command has finished
-    # (the main lane's Ray cluster first, in this thread, if its commands need one).
-    beside = {prefix: [s for s in steps if s[2].startswith(prefix)] for prefix in BESIDE}
-    main = [s for s in steps if not any(s in lane for lane in beside.values())]
-    threads = []
-
-    def start(prefix: str) -> None:
-        if beside[prefix]:
-            if any("ray.address=auto" in s[1] for s in beside[prefix]):
-                ray_address()
-            threads.append(threading.Thread(target=run_lane, args=(beside.pop(prefix), prefix), daemon=True))
-            threads[-1].start()
-
-    try:
-        for step in main:
-            run(step, "main")
-            for prefix, (after, _) in BESIDE.items():
-                if step[0] == after and prefix in beside:
-                    start(prefix)
-        for prefix in list(beside):  # a lane whose command did not run (README changed): now, after the rest
-            start(prefix)
-    finally:
-        for thread in threads:
-            thread.join()
+            print(f"{after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime:7.1f} s CPU "
+                  f"{time.perf_counter() - t0:7.1f} s wall  {label}")
+            if proc.returncode != 0:
+                failures.append(f"{label!r} (ran: {full}) exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     assert not failures, "\n\n".join(failures)
     assert ran, "README.md shows no runnable command"
