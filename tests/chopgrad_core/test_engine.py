@@ -43,6 +43,30 @@ class CausalDecoderConformance:
         target = torch.rand(dec.frames_shape(z), generator=g) * 2 - 1
         return z, target
 
+    @pytest.fixture(scope="class")
+    @classmethod
+    def shared(cls, vae, data):
+        """``run(vae, z, target, **kw)`` computed once per class and settings: the plain truncated
+        references (full, block k, sliding D) that several tests compare their levers against.
+        Deterministic on the CPU, so a test gets the value it would compute itself; the returned
+        tensors are only read."""
+        memo = {}
+
+        def shared(**kw):
+            key = tuple(sorted(kw.items()))
+            if key not in memo:
+                memo[key] = cls.run(cls, vae, *data, **kw)
+            return memo[key]
+
+        return shared
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def decode_l1(cls, vae, data):
+        """The L1 loss of the normal (untruncated, no-grad) decode against the target."""
+        z, target = data
+        return float(F.l1_loss(cg.decode(vae, z), target))
+
     def full_reference(self, vae, z, target, loss_fn=F.l1_loss):
         zr = z.clone().requires_grad_()
         loss = loss_fn(vae.decode(zr).sample, target)
@@ -78,25 +102,24 @@ class CausalDecoderConformance:
 
     # -- exactness ---------------------------------------------------------------------------
 
-    def test_full_equals_autograd_through_vae_decode(self, vae, data):
+    def test_full_equals_autograd_through_vae_decode(self, vae, data, shared):
         z, target = data
         ref_loss, ref_grad = self.full_reference(vae, z, target)
-        loss, grad = self.run(vae, z, target, mode="full")
+        loss, grad = shared(mode="full")
         assert rel_err(loss, ref_loss) < RTOL and rel_err(grad, ref_grad) < RTOL
 
     @pytest.mark.parametrize("mode", ["block", "sliding"])
-    def test_window_covering_video_equals_full(self, vae, data, mode):
+    def test_window_covering_video_equals_full(self, vae, data, shared, mode):
         z, target = data
         g = self.num_groups(vae)
-        _, ref_grad = self.run(vae, z, target, mode="full")
+        _, ref_grad = shared(mode="full")
         window = g if mode == "block" else g - 1
         _, grad = self.run(vae, z, target, mode=mode, window=window)
         assert rel_err(grad, ref_grad) < RTOL
 
-    def test_block_one_equals_sliding_zero(self, vae, data):
-        z, target = data
-        _, block = self.run(vae, z, target, mode="block", window=1)
-        _, sliding = self.run(vae, z, target, mode="sliding", window=0)
+    def test_block_one_equals_sliding_zero(self, shared):
+        _, block = shared(mode="block", window=1)
+        _, sliding = shared(mode="sliding", window=0)
         assert rel_err(block, sliding) < RTOL
 
     @pytest.mark.parametrize("kw", [
@@ -104,11 +127,9 @@ class CausalDecoderConformance:
         dict(mode="sliding", window=0), dict(mode="sliding", window=1), dict(mode="sliding", window=1, micro_batch=1),
         dict(mode="sliding", window=1, recompute=True), dict(mode="sliding", window=0, tile=(2, 2), tile_halo=1),
     ], ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
-    def test_forward_value_equals_normal_decode_loss(self, vae, data, kw):
-        z, target = data
-        expected = F.l1_loss(cg.decode(vae, z), target)
-        loss, _ = self.run(vae, z, target, **kw)
-        assert abs(float(loss) - float(expected)) <= RTOL * abs(float(expected))
+    def test_forward_value_equals_normal_decode_loss(self, shared, decode_l1, kw):
+        loss, _ = shared(**kw)
+        assert abs(float(loss) - decode_l1) <= RTOL * abs(decode_l1)
 
     def test_decoder_parameters_receive_the_full_gradient(self, vae, data):
         z, target = data
@@ -134,9 +155,9 @@ class CausalDecoderConformance:
                                        dict(recompute=True, recompute_strips=3)],
                              ids=["micro_batch", "recompute", "recompute_strips"])
     @pytest.mark.parametrize("mode,window", [("sliding", 1), ("block", 2)])
-    def test_exact_lever_equals_plain_truncation(self, vae, data, lever, mode, window):
+    def test_exact_lever_equals_plain_truncation(self, vae, data, shared, lever, mode, window):
         z, target = data
-        _, plain = self.run(vae, z, target, mode=mode, window=window)
+        _, plain = shared(mode=mode, window=window)
         _, levered = self.run(vae, z, target, mode=mode, window=window, **lever)
         assert rel_err(levered, plain) < RTOL
 
@@ -144,28 +165,28 @@ class CausalDecoderConformance:
                                        dict(recompute=True, recompute_strips=3, offload_cache=True, micro_batch=1)],
                              ids=["offload", "recompute_strips_offload"])
     @pytest.mark.parametrize("mode,window", [("sliding", 0), ("block", 2)])
-    def test_offloaded_cache_equals_plain_truncation(self, vae, data, lever, mode, window, monkeypatch):
+    def test_offloaded_cache_equals_plain_truncation(self, vae, data, shared, lever, mode, window, monkeypatch):
         # On the CPU the offloader copies to separate host buffers with the same bookkeeping as on
         # CUDA; count the stores so the test cannot pass with the lever silently off.
         stores = []
         store = cg.decoder.CacheOffloader.store
         monkeypatch.setattr(cg.decoder.CacheOffloader, "store", lambda self, k, t, ring=None: stores.append(k) or store(self, k, t, ring))
         z, target = data
-        _, plain = self.run(vae, z, target, mode=mode, window=window)
+        _, plain = shared(mode=mode, window=window)  # no offloading: stores nothing
         _, levered = self.run(vae, z, target, mode=mode, window=window, **lever)
         assert stores, "offload_cache=True stored nothing"
         assert rel_err(levered, plain) < RTOL
 
-    def test_tiles_with_halo_covering_frame_equal_untiled(self, vae, data):
+    def test_tiles_with_halo_covering_frame_equal_untiled(self, vae, data, shared):
         z, target = data
         _, h, w = self.latent_thw
-        _, plain = self.run(vae, z, target, mode="sliding", window=1)
+        _, plain = shared(mode="sliding", window=1)
         _, tiled = self.run(vae, z, target, mode="sliding", window=1, tile=(1, 2), tile_halo=max(h, w))
         assert rel_err(tiled, plain) < RTOL
 
-    def test_tiles_split_the_gradient_across_the_frame(self, vae, data):
+    def test_tiles_split_the_gradient_across_the_frame(self, vae, data, shared):
         z, target = data
-        _, plain = self.run(vae, z, target, mode="sliding", window=0)
+        _, plain = shared(mode="sliding", window=0)
         _, tiled = self.run(vae, z, target, mode="sliding", window=0, tile=(2, 2), tile_halo=1)
         # Approximate but aligned: every latent pixel gets gradient, pointing the same way overall.
         assert (tiled.abs().sum(dim=(0, 1, 2)) > 0).all()
@@ -173,9 +194,9 @@ class CausalDecoderConformance:
 
     # -- composition with other losses --------------------------------------------------------
 
-    def test_backward_scales_and_adds_like_any_loss(self, vae, data):
+    def test_backward_scales_and_adds_like_any_loss(self, vae, data, shared):
         z, target = data
-        _, grad = self.run(vae, z, target, mode="sliding", window=1)
+        _, grad = shared(mode="sliding", window=1)
         zz = z.clone().requires_grad_()
         producer = zz * 1.0  # stands for the transformer that produced the latents
         loss = 3.0 * cg.pixel_loss(vae, producer, target, mode="sliding", window=1) + producer.sum()

@@ -28,6 +28,25 @@ def run(vae, z, target, params=(), **kw):
 
 
 @pytest.fixture(scope="module")
+def plain_run():
+    """``run`` without levers (plain truncation), computed once per VAE, inputs, parameters, mode and
+    window: the reference several tests compare their levers against. Deterministic on the CPU, so a
+    test gets the value it would compute itself; the returned tensors are only read. Called where the
+    test would run it (its parameters requiring grad). Keeps what it was called with alive, so that
+    no later object takes an id of the key."""
+    memo = {}
+
+    def plain_run(vae, z, target, params=(), *, mode, window):
+        params = tuple(params)
+        key = (id(vae), id(z), id(target), tuple(id(p) for p in params), mode, window)
+        if key not in memo:
+            memo[key] = (vae, z, target, params), run(vae, z, target, params, mode=mode, window=window)
+        return memo[key][1]
+
+    return plain_run
+
+
+@pytest.fixture(scope="module")
 def wan():
     vae = tiny_wan21().requires_grad_(False)
     g = torch.Generator().manual_seed(3)
@@ -50,7 +69,7 @@ class TestWanLevers:
 
     @pytest.mark.parametrize("plan,mode,window", [("all", "sliding", 0), ("all", "sliding", 1), ("all", "block", 2),
                                                   ("strips+keep_low_levels", "sliding", 1)])
-    def test_planned_levers_equal_plain_truncation(self, wan, plan, mode, window, monkeypatch):
+    def test_planned_levers_equal_plain_truncation(self, wan, plain_run, plan, mode, window, monkeypatch):
         vae, z, target = wan
         stores, fetches = [], []
         store, fetch = cg.decoder.CacheOffloader.store, cg.decoder.CacheOffloader.fetch
@@ -62,7 +81,7 @@ class TestWanLevers:
         for p in params:
             p.requires_grad_(True)
         try:
-            loss0, plain = run(vae, z, target, params, mode=mode, window=window)
+            loss0, plain = plain_run(vae, z, target, params, mode=mode, window=window)
             loss1, levered = run(vae, z, target, params, mode=mode, window=window, recompute=True,
                                  offload_cache=True, micro_batch=1, recompute_plan=PLANS[plan])
         finally:
@@ -78,7 +97,7 @@ class TestWanLevers:
         assert rel_err(levered, plain) < RTOL
 
     @pytest.mark.parametrize("early_start", [True, False])
-    def test_fetches_ahead_of_every_block(self, wan, early_start, monkeypatch):
+    def test_fetches_ahead_of_every_block(self, wan, plain_run, early_start, monkeypatch):
         """Every block but a group's first finds its input slots already on their way (a block
         without slots, the 2D upsampler, starts the next block's fetch too), and backward's
         prefetch of the next block at its first strip or its last keeps the gradient."""
@@ -97,14 +116,14 @@ class TestWanLevers:
 
         monkeypatch.setattr(wan_adapter._SlotIO, "ready", checked)
         monkeypatch.setattr(wan_adapter._CheckpointSaver, "early_start", early_start)
-        _, plain = run(vae, z, target, mode="sliding", window=0)
+        _, plain = plain_run(vae, z, target, mode="sliding", window=0)  # a plain decode reads no slot late
         _, levered = run(vae, z, target, mode="sliding", window=0, recompute=True, offload_cache=True,
                          micro_batch=1, recompute_plan=PLANS["all"])
         assert not late, f"blocks waited for slots nobody had fetched ahead of them: {late}"
         assert rel_err(levered, plain) < RTOL
 
     @pytest.mark.parametrize("lean", [True, False])
-    def test_lean_forward_equals_plain_truncation(self, wan, lean, monkeypatch):
+    def test_lean_forward_equals_plain_truncation(self, wan, plain_run, lean, monkeypatch):
         """The recomputation's causal convs pad inside the convolution and its RMS norms reduce
         straight from their input (or diffusers' modules as they are): gradients of every
         parameter and of the latents equal plain truncation's, and the lean modules did run."""
@@ -120,7 +139,7 @@ class TestWanLevers:
         for p in params:
             p.requires_grad_(True)
         try:
-            loss0, plain = run(vae, z, target, params, mode="sliding", window=0)
+            loss0, plain = plain_run(vae, z, target, params, mode="sliding", window=0)  # lean only recomputes
             loss1, levered = run(vae, z, target, params, mode="sliding", window=0, recompute=True, offload_cache=True,
                                  micro_batch=1, recompute_plan=PLANS["strips+keep_low_levels"])
         finally:
@@ -145,9 +164,9 @@ class TestWanLevers:
         for c in (None, cache, cache[:, :, -1:]):
             assert torch.allclose(wan_adapter._lean_causal_conv(conv, x, c), conv(x, c), rtol=1e-5, atol=1e-6)
 
-    def test_memory_budget_plans_and_stays_exact(self, wan):
+    def test_memory_budget_plans_and_stays_exact(self, wan, plain_run):
         vae, z, target = wan
-        _, plain = run(vae, z, target, mode="sliding", window=0)
+        _, plain = plain_run(vae, z, target, mode="sliding", window=0)
         _, budget = run(vae, z, target, mode="sliding", window=0, recompute=True, offload_cache=True,
                         micro_batch=1, memory_budget_gib=1e-4)  # tiny budget: every lever on
         assert rel_err(budget, plain) < RTOL
@@ -199,7 +218,7 @@ class TestCogVideoXStrips:
         ("sliding", 1, dict(recompute_plan=RecomputePlan(strips=3))),
         ("block", 2, dict(memory_budget_gib=1e-4)),  # tiny budget: the planner's thinnest strips
     ])
-    def test_strips_equal_plain_truncation(self, cog, mode, window, kw, monkeypatch):
+    def test_strips_equal_plain_truncation(self, cog, plain_run, mode, window, kw, monkeypatch):
         from chopgrad_core.adapters import cogvideox
 
         vae, z, target = cog
@@ -211,7 +230,7 @@ class TestCogVideoXStrips:
         for p in params:
             p.requires_grad_(True)
         try:
-            loss0, plain = run(vae, z, target, params, mode=mode, window=window)
+            loss0, plain = plain_run(vae, z, target, params, mode=mode, window=window)  # no strips
             loss1, levered = run(vae, z, target, params, mode=mode, window=window, recompute=True,
                                  offload_cache=True, micro_batch=1, **kw)
         finally:
@@ -231,7 +250,7 @@ class TestCogVideoXResnetPasses:
 
     @pytest.mark.parametrize("split,reuse,mode,window", [(True, True, "sliding", 0), (True, True, "sliding", 1),
                                                          (False, True, "sliding", 0), (True, False, "block", 2)])
-    def test_equal_plain_truncation(self, cog, split, reuse, mode, window, monkeypatch):
+    def test_equal_plain_truncation(self, cog, plain_run, split, reuse, mode, window, monkeypatch):
         from chopgrad_core.adapters import cogvideox
 
         vae, z, target = cog
@@ -245,7 +264,7 @@ class TestCogVideoXResnetPasses:
         for p in params:
             p.requires_grad_(True)
         try:
-            loss0, plain = run(vae, z, target, params, mode=mode, window=window)
+            loss0, plain = plain_run(vae, z, target, params, mode=mode, window=window)  # no resnet runs
             plan = RecomputePlan(strips=3, offload_checkpoints=True, offload_min_bytes=0, reuse_stats_pass=reuse)
             loss1, levered = run(vae, z, target, params, mode=mode, window=window, recompute=True,
                                  offload_cache=True, micro_batch=1, recompute_plan=plan)
