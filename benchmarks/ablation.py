@@ -80,6 +80,10 @@ VARIANTS = {
     "D=1": ["chopgrad.mode=sliding", "chopgrad.window=1"],
     "D=2": ["chopgrad.mode=sliding", "chopgrad.window=2"],
     "full": ["chopgrad.mode=full"],
+    # The pixel loss's weight (the default 0.1 is ~1% of the loss at the start of training): the
+    # default window (sliding D=1) at 1 and 5.
+    "D=1 w=1": ["chopgrad.mode=sliding", "chopgrad.window=1", "objective.pixel_weight=1.0"],
+    "D=1 w=5": ["chopgrad.mode=sliding", "chopgrad.window=1", "objective.pixel_weight=5.0"],
 }
 
 SCENARIOS = {
@@ -397,9 +401,10 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     if not any(_num(r.get(k)) is not None for r in rows for k, _ in panels):  # trained, not evaluated
         panels = (("peak_memory_gib", "peak memory (GiB)"), ("step_s", "step time alone (s)"),
                   ("step_s_shared", "step time, GPU shared (s)"))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    names = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]  # those run, in VARIANTS' order
+    fig, axes = plt.subplots(1, 3, figsize=(max(12, 2.2 * len(names) + 2), 3.6))
     for ax, (key, label) in zip(axes, panels):
-        for i, variant in enumerate(VARIANTS):
+        for i, variant in enumerate(names):
             vals = [_num(r.get(key)) for r in rows if r["variant"] == variant]
             vals = [v for v in vals if v is not None]
             if vals:
@@ -413,7 +418,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         if ref:  # the real frames through the VAE: what a perfect transformer could reach
             ax.axhline(statistics.fmean(ref), color="tab:red", ls="--", lw=1, label="real frames through the VAE")
             ax.legend(fontsize=7, loc="lower right")
-        ax.set_xticks(range(len(VARIANTS)), list(VARIANTS))
+        ax.set_xticks(range(len(names)), names, fontsize=8, rotation=20 if len(names) > 5 else 0)
         ax.set_title(label)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
