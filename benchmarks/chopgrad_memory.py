@@ -18,6 +18,7 @@ Named scenarios (``--scenario``):
   cameras at 121 frames. ``--plot`` draws peak memory against frames from their JSON files.
 - ``h200-issue15-g1``: part g's levers against their state before them (case suffix ``-before``),
   same process; ``--profile`` adds torch.profiler summaries. ``-g2``: Wan 480x832, lean forward.
+  ``-g3``: Wan 896x1600 lean forward at 17 and 121 frames, CogVideoX 848x1600 at 49 frames (memory).
 
 Cosine is the cosine similarity of the latent gradient to full backprop's, where full fits.
 Writes ``benchmarks/results/chopgrad_memory_<scenario>_<device>_<date>.md`` and prints the table.
@@ -534,10 +535,55 @@ def issue15_g_cases(part: str) -> list[Case]:
         cases += [Case("naive", 17, 1, NAIVE, hw=P896), Case("low_memory", 17, 1, _lm(8.0), hw=P896),
                   Case("low_memory-before", 17, 1, _lm(8.0), hw=P896)]
         return cases
+    if part == "g3":
+        return [c for c, _ in ISSUE15_G3]
     # g2 (one short device call): Wan 480x832's lean forward against diffusers' modules.
     return [Case("naive", 17, 1, NAIVE, hw=P480), Case("low_memory-lean", 17, 1, _lm(6.0), hw=P480),
             Case("low_memory", 17, 1, _lm(6.0), hw=P480), Case("naive", 121, 1, NAIVE, hw=P480),
             Case("low_memory-lean", 121, 1, _lm(6.0), hw=P480), Case("low_memory", 121, 1, _lm(6.0), hw=P480)]
+
+
+# g3 (one device call, at most ~8 minutes): Wan 896x1600's lean forward against the default and plain
+# D=0 at 17 and 121 frames, then CogVideoX 848x1600 at 49 frames with the budgeted strips (memory only:
+# plain D=0 does not fit, 294 GiB by the memory model). Wan first: its rows are on disk before the
+# CogVideoX case pins ~113 GiB of host memory (part f). Expected seconds per case, its untimed call
+# included, from parts e, f and g1 on one H200; 241 frames (~230 s more with plain) does not fit.
+# The CogVideoX plan at budget 16 now fetches the streamed cache after each block (``prefetch_cache``
+# off: memory model 16.11 -> 14.81 GiB at 25 and more frames); part f measured 16.29 GiB with it on.
+ISSUE15_G3 = [
+    (Case("naive", 17, 1, NAIVE, hw=P896), 8),
+    (Case("low_memory", 17, 1, _lm(8.0), hw=P896), 50),  # the first call pins 40 GiB of host buffers
+    (Case("low_memory-lean", 17, 1, _lm(8.0), hw=P896), 12),
+    (Case("naive", 121, 1, NAIVE, hw=P896), 30),
+    (Case("low_memory", 121, 1, _lm(8.0), hw=P896), 48),
+    (Case("low_memory-lean", 121, 1, _lm(8.0), hw=P896), 48),
+    (Case("strips", 49, 1, dict(COG, memory_budget_gib=16.0), family="cogvideox", hw=C848), 170),  # pins ~113 GiB
+]
+ISSUE15_G3_BUDGET_S = 260.0  # the CogVideoX case starts by then or not at all: ~7.5 minutes in all
+
+
+def summary(rows: list[Row]) -> str:
+    """One line per size and length: plain D=0's time, then each other case's ratio to it and its peak."""
+    groups: dict[tuple[str, int, int], list[Row]] = {}
+    for r in rows:
+        family, size, name = r.case.split(" ", 2)
+        groups.setdefault((f"{family} {size}", r.frames, r.cameras), []).append(r)
+    lines = ["| size | frames x cameras | plain D=0 | cases: x plain, peak GiB |", "|---|---|---|---|"]
+    for (size, frames, cams), rs in groups.items():
+        plain = next((r for r in rs if r.case.split(" ", 2)[2].startswith("naive")), None)
+        base = f"{plain.seconds:.2f} s" if plain and plain.seconds else "-"
+        parts = []
+        for r in rs:
+            if r is plain:
+                continue
+            name = r.case.split(" ", 2)[2]
+            if r.seconds is None:
+                parts.append(f"{name}: {r.note.split(';')[0]}")
+                continue
+            ratio = f"{r.seconds / plain.seconds:.2f}x" if plain and plain.seconds else f"{r.seconds:.2f} s"
+            parts.append(f"{name} {ratio}, {r.peak_gib:.2f}")
+        lines.append(f"| {size} | {frames} x {cams} | {base} | {'; '.join(parts)} |")
+    return "\n".join(lines) + "\n"
 
 
 def profile_case(vae, case: Case, path: Path, device: str = "cuda") -> None:
@@ -648,7 +694,9 @@ def run_issue15(cases: list[Case], deadline: float | None = None, partial=None) 
                                 dtype=torch.bfloat16)
                 plan = dec.plan_recompute(z, case.kwargs["memory_budget_gib"])
                 notes.append(f"plan: strips {plan.strips}, keep {plan.keep_below}, "
-                             f"ckpt offload {plan.offload_checkpoints}")
+                             f"ckpt offload {plan.offload_checkpoints}"
+                             + (f", reuse {plan.reuse_stats_pass}, prefetch {plan.prefetch_cache}"
+                                if case.family == "cogvideox" else ""))
             row.note = "; ".join(notes)
         elif row.note == "out of memory":
             row.note = "out of memory (expected)" if case.family == "cogvideox" and hw == C848 else row.note
@@ -687,7 +735,7 @@ def scenario_cases(name: str) -> tuple[list[Case], tuple[int, int]]:
         return issue15_c_cases(), P480
     if name in ("h200-issue15-d", "h200-issue15-e", "h200-issue15-f"):
         return issue15_def_cases(name[-1]), P480
-    if name in ("h200-issue15-g1", "h200-issue15-g2"):
+    if name in ("h200-issue15-g1", "h200-issue15-g2", "h200-issue15-g3"):
         return issue15_g_cases(name[-2:]), P480
     if name == "model-issue15":
         return model_issue15_cases(), P480
@@ -797,7 +845,8 @@ def main() -> None:
             print(fmt_row(rows[-1]), flush=True)
     elif args.scenario.startswith("h200-issue15"):
         device_name = torch.cuda.get_device_name().replace(" ", "-")
-        deadline = start + args.budget_s if args.budget_s else None
+        budget_s = args.budget_s or (ISSUE15_G3_BUDGET_S if args.scenario == "h200-issue15-g3" else None)
+        deadline = start + budget_s if budget_s else None
         rows = run_issue15(cases, deadline, partial=lambda rows: write(rows, device_name))
         for spec in args.profile or []:  # "family:HxW:frames:name", e.g. wan:480x832:17:low_memory
             family, size, frames, name = spec.split(":")
@@ -851,6 +900,8 @@ def main() -> None:
             row.cosine = float(F.cosine_similarity(grad.flatten(), refs[key].flatten(), dim=0))
     table, path = write(rows, device_name)
     print(table)
+    if args.scenario.startswith("h200-issue15"):
+        print(summary(rows))
     print(f"wrote {path} and .json ({time.perf_counter() - start:.0f} s)")
 
 

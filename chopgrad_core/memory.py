@@ -48,6 +48,11 @@ class RecomputePlan:
     """CogVideoX strips: a resnet keeps conv1's output from its statistics pass (one map of the
     block's output size, in the forward only) instead of recomputing it for the strips."""
 
+    prefetch_cache: bool = True
+    """Streamed cache (CogVideoX with ``offload_cache``): the next block's input cache entries start
+    coming back from host memory while a block runs (False: once it has run, so they are not on the
+    device during its forward; the copy then overlaps the next block's launch instead)."""
+
     def __post_init__(self) -> None:
         if self.strips < 1:
             raise ValueError(f"strips must be >= 1, got {self.strips}")
@@ -131,6 +136,10 @@ _COG_HALO_ROWS = 4
 #   pass kept for the strips (``reuse_stats_pass``: 1 unit, and 0.44 of conv1's cache entries). At
 #   480x720 the backward peaks higher (memory model: 6.37 GiB with or without it), so it costs nothing there.
 _COG_FORWARD_REUSE = 6.9
+# - the forward's peak without that reuse (5.4 units at 848x1600), of which the next resnet's input cache
+#   entries, fetched ahead while the block runs (``prefetch_cache``), are 0.44 (two 128-channel frames
+#   for each of its two causal convs). Where the budget is below it they come after the block instead.
+_COG_FORWARD = 5.4
 
 
 def plan_recompute_cogvideox(*, height: int, width: int, channels: int, frames: int, element_size: int,
@@ -141,7 +150,8 @@ def plan_recompute_cogvideox(*, height: int, width: int, channels: int, frames: 
     Its group norms need a statistics pass per strip set (see ``adapters/cogvideox.py``), and no
     level is kept (``keep_below`` is Wan's). Checkpoint inputs stay on the device where the budget
     allows; the fewest strips that fit; resnets reuse conv1's output of their statistics pass where
-    the forward's peak with it fits (``reuse_stats_pass``).
+    the forward's peak with it fits (``reuse_stats_pass``), and the streamed cache is fetched a block
+    ahead only where the forward's peak with it fits (``prefetch_cache``).
     """
     if budget_gib is None:
         return RecomputePlan(strips=strips or 1)
@@ -158,5 +168,7 @@ def plan_recompute_cogvideox(*, height: int, width: int, channels: int, frames: 
         # Thin strips cost halo rows and launches, but CogVideoX has no kept levels to trade instead.
         if rows >= min(_MIN_ROWS, height) or (offload and rows >= 16):
             return RecomputePlan(strips=strips or max(1, -(-height // rows)), offload_checkpoints=offload,
-                                 reuse_stats_pass=budget >= _COG_FORWARD_REUSE)
-    return RecomputePlan(strips=strips or max(1, height // 8), offload_checkpoints=offload_available)
+                                 reuse_stats_pass=budget >= _COG_FORWARD_REUSE,
+                                 prefetch_cache=budget >= _COG_FORWARD)
+    return RecomputePlan(strips=strips or max(1, height // 8), offload_checkpoints=offload_available,
+                         prefetch_cache=False)

@@ -19,7 +19,8 @@ first, then the strips; in backward the statistics' gradients take a second pass
 "Strips through group norms" below). A resnet's backward takes two strip passes (conv1's output
 gradient gathered in a map between them), and where the plan allows (``reuse_stats_pass``) its
 forward keeps conv1's output from the statistics pass instead of recomputing it. With ``offload_cache`` the cache streams entry by entry
-(:class:`_CacheStream`), and checkpoint inputs wait in host memory as the strips' row ranges.
+(:class:`_CacheStream`; where the budget is tight, ``prefetch_cache`` off, the next block's entries are
+fetched after a block instead of during it), and checkpoint inputs wait in host memory as the strips' row ranges.
 
 Not here: the upsampler before the first full-resolution resnet is not fused into it, so that
 resnet's 256-channel input and its gradient (2 x 5.2 GiB at 848x1600, 8 frames) are whole maps on
@@ -153,7 +154,7 @@ class CogVideoXDecoder(CausalDecoder):
                                  head_params)
         decoder.forward = functools.partial(_decoder_forward, decoder, head, strips, self._stream)
         patched.append(decoder)
-        self._stream.active = True
+        self._stream.active, self._stream.prefetch = True, plan.prefetch_cache
         hooks = contextlib.nullcontext()
         if plan.offload_checkpoints and offloader is not None:
             self._saved = _SavedOnHost(offloader, plan.offload_min_bytes)
@@ -163,7 +164,7 @@ class CogVideoXDecoder(CausalDecoder):
                 yield
         finally:
             self._saved = None
-            self._stream.active = False
+            self._stream.active, self._stream.prefetch = False, True
             for module in patched:
                 del module.forward
 
@@ -217,24 +218,32 @@ class _CacheStream:
     are dropped as they are handed out, so the device holds about two entries of the input cache
     instead of all of it (at 848x1600 the whole cache is about 10 GiB). Offloader keys are the
     entries' paths in the cache dict.
+
+    With ``prefetch`` off (``RecomputePlan.prefetch_cache``) the next entry's copy starts when a
+    block hands its written entry over (:meth:`put`), after its forward, not when it takes its own
+    (:meth:`get`): the first full-resolution resnet of a CogVideoX group peaks in its forward (its
+    whole 256-channel input and output maps), and the next resnet's entries (1.3 GiB at 848x1600)
+    then arrive after that peak. The kernels are queued by then, so the copy still runs beside them.
     """
 
     def __init__(self) -> None:
         self.active = False  # inside recomputation(): decode_group streams
+        self.prefetch = True  # the next entry's copy starts in get (True) or in put (False)
         self.tree: dict | None = None
         self.offload: CacheOffloader | None = None
         self.store = False
         self.order: list[tuple[str, ...]] = []
         self.fetched: dict[tuple[str, ...], object] = {}
+        self.taken: set[tuple[str, ...]] = set()  # entries handed to their block
 
     def begin(self, tree, offload, store: bool, consume: bool) -> None:
         # Not consumed: the caller keeps the cache (a snapshot), so entries are taken from a copy of its dicts.
         self.tree = {} if tree is None else tree if consume else _copy_dicts(tree)
         self.offload, self.store, self.fetched = offload, store, {}
-        self.order = []
+        self.order, self.taken = [], set()
 
     def end(self) -> None:
-        self.tree, self.offload, self.store, self.fetched, self.order = None, None, False, {}, []
+        self.tree, self.offload, self.store, self.fetched, self.order, self.taken = None, None, False, {}, [], set()
 
     def _take(self, path):
         node = self.tree
@@ -249,17 +258,25 @@ class _CacheStream:
             self.order = _read_order_from(self.tree)
         entry = self.fetched.pop(path) if path in self.fetched else self.fetch_entry(self.offload, path,
                                                                                    self._take(path))
-        if path in self.order:  # start the next entry's copy, so it arrives while this block runs
-            i = self.order.index(path)
-            if i + 1 < len(self.order) and self.order[i + 1] not in self.fetched:
-                nxt = self.order[i + 1]
-                self.fetched[nxt] = self.fetch_entry(self.offload, nxt, self._take(nxt))
+        self.taken.add(path)
+        if self.prefetch:  # start the next entry's copy, so it arrives while this block runs
+            self._fetch_after(path)
         for key, _ in _leaves(entry, path):
             self.offload.ready(key)
         return entry
 
+    def _fetch_after(self, path) -> None:
+        if path in self.order:
+            i = self.order.index(path)
+            nxt = self.order[i + 1] if i + 1 < len(self.order) else None
+            if nxt is not None and nxt not in self.fetched and nxt not in self.taken:
+                self.fetched[nxt] = self.fetch_entry(self.offload, nxt, self._take(nxt))
+
     def put(self, path: tuple[str, ...], entry):
-        return self.store_entry(self.offload, path, entry) if self.store else entry
+        entry = self.store_entry(self.offload, path, entry) if self.store else entry
+        if self.offload is not None and not self.prefetch:  # the block has run: its successor's entry now
+            self._fetch_after(path)
+        return entry
 
     @staticmethod
     def fetch_entry(offload: CacheOffloader, path, entry, wait: bool = False):

@@ -288,6 +288,60 @@ class TestCogVideoXResnetPasses:
         assert cogvideox._zq_index_cached.cache_info().hits >= 1
 
 
+class TestCogVideoXCachePrefetch:
+    """The streamed cache fetched a block later (``prefetch_cache=False``, planned at 848x1600 where the
+    forward of the first full-resolution resnet peaks): the next block's entries are fetched only after
+    a block has handed its own written entries over, and the gradients equal plain truncation's."""
+
+    @pytest.mark.parametrize("prefetch,mode,window", [(False, "sliding", 0), (False, "sliding", 1),
+                                                      (True, "sliding", 0)])
+    def test_fetch_order_and_equal_plain_truncation(self, cog, plain_run, prefetch, mode, window, monkeypatch):
+        from chopgrad_core.adapters import cogvideox
+
+        vae, z, target = cog
+        events = []
+        get, put, fetch = cogvideox._CacheStream.get, cogvideox._CacheStream.put, cogvideox._CacheStream.fetch_entry
+        monkeypatch.setattr(cogvideox._CacheStream, "get",
+                            lambda self, path: events.append(("get", path)) or get(self, path))
+        monkeypatch.setattr(cogvideox._CacheStream, "put",
+                            lambda self, path, entry: events.append(("put", path)) or put(self, path, entry))
+        monkeypatch.setattr(cogvideox._CacheStream, "fetch_entry", staticmethod(
+            lambda offload, path, entry, wait=False: events.append(("fetch", path))
+            or fetch(offload, path, entry, wait)))
+        params = cg.wrap(vae).parameters()[-6:]
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            loss0, plain = plain_run(vae, z, target, params, mode=mode, window=window)
+            plan = RecomputePlan(strips=3, offload_checkpoints=True, offload_min_bytes=0, prefetch_cache=prefetch)
+            loss1, levered = run(vae, z, target, params, mode=mode, window=window, recompute=True,
+                                 offload_cache=True, micro_batch=1, recompute_plan=plan)
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+                p.grad = None
+        # A fetch ahead (of an entry other than the one just asked for) follows a get with the prefetch,
+        # a put without it.
+        ahead, last = [], None  # the get or put before each fetch
+        for kind, path in events:
+            if kind != "fetch":
+                last = (kind, path)
+            elif path != () and last != ("get", path):
+                ahead.append(last[0])
+        assert ahead and set(ahead) == {"get" if prefetch else "put"}
+        assert abs(float(loss1) - float(loss0)) <= RTOL * abs(float(loss0))
+        assert rel_err(levered, plain) < RTOL
+
+    def test_planned_where_the_forward_peak_needs_it(self):
+        from chopgrad_core.memory import plan_recompute_cogvideox
+
+        def plan(h, w, budget):
+            return plan_recompute_cogvideox(height=h, width=w, channels=128, frames=9, element_size=2,
+                                            budget_gib=budget)
+
+        assert plan(480, 720, 8).prefetch_cache and not plan(848, 1600, 16).prefetch_cache
+
+
 class TestPlanner:
     """Strip counts grow with the frame size and shrink with the budget; a budget the device-held
     plan cannot meet turns on checkpoint offload; without a budget the fixed issue-2 plan holds."""
