@@ -7,7 +7,9 @@ Variants (overrides on top of the scenario's training command):
 - ``D=0`` / ``D=1`` / ``D=2``: the ChopGrad pixel loss, sliding window of D earlier frame groups
   (``chopgrad.mode=sliding chopgrad.window=D``);
 - ``full``: the pixel loss with plain backprop through the whole decoder (``chopgrad.mode=full``),
-  where it fits.
+  where it fits;
+- ``D=1 w=1`` / ``D=1 w=5``: the default window with the pixel loss weighted 1 and 5 instead of 0.1
+  (``objective.pixel_weight``); not in the h200 scenario's order, name them with ``--variants``.
 
 Each (variant, seed) is one ``python -m drivegen.train`` process (its ``summary.json`` gives the
 median step time and the peak memory: CUDA's max allocated, or the process's peak RSS on the CPU)
