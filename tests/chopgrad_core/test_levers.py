@@ -27,6 +27,24 @@ def run(vae, z, target, params=(), **kw):
     return loss.detach(), torch.cat([zz.grad.flatten(), *(p.grad.flatten() for p in params)])
 
 
+def assert_levered_equals_plain(vae, z, target, params, reference, *, mode, window, **levers):
+    """The loss and the gradients (latents and ``params``) with ``levers`` (recompute, cache offload,
+    cameras one at a time, and what ``levers`` adds) equal plain truncation's, ``reference`` being
+    ``plain_run`` or ``run``; ``params`` require grad only meanwhile."""
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        loss0, plain = reference(vae, z, target, params, mode=mode, window=window)
+        loss1, levered = run(vae, z, target, params, mode=mode, window=window, recompute=True,
+                             offload_cache=True, micro_batch=1, **levers)
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+    assert abs(float(loss1) - float(loss0)) <= RTOL * abs(float(loss0))
+    assert rel_err(levered, plain) < RTOL
+
+
 @pytest.fixture(scope="module")
 def plain_run():
     """``run`` without levers (plain truncation), computed once per VAE, inputs, parameters, mode and
@@ -78,23 +96,13 @@ class TestWanLevers:
         monkeypatch.setattr(cg.decoder.CacheOffloader, "fetch",
                             lambda self, items: fetches.extend(k for k, _ in items) or fetch(self, items))
         params = [p for p in cg.wrap(vae).parameters()][-4:]  # the head's: reached by every group
-        for p in params:
-            p.requires_grad_(True)
-        try:
-            loss0, plain = plain_run(vae, z, target, params, mode=mode, window=window)
-            loss1, levered = run(vae, z, target, params, mode=mode, window=window, recompute=True,
-                                 offload_cache=True, micro_batch=1, recompute_plan=PLANS[plan])
-        finally:
-            for p in params:
-                p.requires_grad_(False)
-                p.grad = None
+        assert_levered_equals_plain(vae, z, target, params, plain_run,
+                                    mode=mode, window=window, recompute_plan=PLANS[plan])
         assert any(isinstance(k, tuple) and k[0] == "ckpt" for k in stores) == PLANS[plan].offload_checkpoints
         assert any(isinstance(k, int) for k in stores), "the cache was not offloaded"
         # Every window after the first two starts from a snapshot in host memory (any buffer of
         # its ring) and must fetch it: on the CPU a missed fetch would still compute correctly.
         assert any(isinstance(k, int) for k in fetches), "no snapshot came back from host memory"
-        assert abs(float(loss1) - float(loss0)) <= RTOL * abs(float(loss0))
-        assert rel_err(levered, plain) < RTOL
 
     @pytest.mark.parametrize("early_start", [True, False])
     def test_fetches_ahead_of_every_block(self, wan, plain_run, early_start, monkeypatch):
@@ -136,19 +144,10 @@ class TestWanLevers:
             fn = getattr(wan_adapter, name)
             monkeypatch.setattr(wan_adapter, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
         params = cg.wrap(vae).parameters()
-        for p in params:
-            p.requires_grad_(True)
-        try:
-            loss0, plain = plain_run(vae, z, target, params, mode="sliding", window=0)  # lean only recomputes
-            loss1, levered = run(vae, z, target, params, mode="sliding", window=0, recompute=True, offload_cache=True,
-                                 micro_batch=1, recompute_plan=PLANS["strips+keep_low_levels"])
-        finally:
-            for p in params:
-                p.requires_grad_(False)
-                p.grad = None
+        # window 0: the lean forward only runs in the recomputation
+        assert_levered_equals_plain(vae, z, target, params, plain_run,
+                                    mode="sliding", window=0, recompute_plan=PLANS["strips+keep_low_levels"])
         assert set(calls) == ({"_lean_causal_conv", "_lean_rms_norm"} if lean else set())
-        assert abs(float(loss1) - float(loss0)) <= RTOL * abs(float(loss0))
-        assert rel_err(levered, plain) < RTOL
 
     def test_lean_modules_match_diffusers_in_bf16(self, wan):
         from chopgrad_core.adapters import wan as wan_adapter
@@ -183,19 +182,9 @@ class TestCogVideoXLevers:
         z = torch.randn(1, 4, 5, 4, 4, generator=g)
         target = torch.rand(cg.wrap(vae).frames_shape(z), generator=g) * 2 - 1
         params = cg.wrap(vae).parameters()[-6:]
-        for p in params:
-            p.requires_grad_(True)
-        try:
-            loss0, plain = run(vae, z, target, params, mode=mode, window=window)
-            plan = RecomputePlan(offload_checkpoints=True, offload_min_bytes=0)
-            loss1, levered = run(vae, z, target, params, mode=mode, window=window, recompute=True,
-                                 offload_cache=True, micro_batch=1, recompute_plan=plan)
-        finally:
-            for p in params:
-                p.requires_grad_(False)
-                p.grad = None
-        assert abs(float(loss1) - float(loss0)) <= RTOL * abs(float(loss0))
-        assert rel_err(levered, plain) < RTOL
+        plan = RecomputePlan(offload_checkpoints=True, offload_min_bytes=0)
+        assert_levered_equals_plain(vae, z, target, params, run,
+                                    mode=mode, window=window, recompute_plan=plan)
 
 
 @pytest.fixture(scope="module")
@@ -227,20 +216,11 @@ class TestCogVideoXStrips:
         monkeypatch.setattr(cogvideox._StripBlock, "forward", staticmethod(
             lambda ctx, run, n, *a: striped.append((type(run[0]).__name__, n)) or forward(ctx, run, n, *a)))
         params = cg.wrap(vae).parameters()[-6:]  # norm_out and conv_out: reached by every group
-        for p in params:
-            p.requires_grad_(True)
-        try:
-            loss0, plain = plain_run(vae, z, target, params, mode=mode, window=window)  # no strips
-            loss1, levered = run(vae, z, target, params, mode=mode, window=window, recompute=True,
-                                 offload_cache=True, micro_batch=1, **kw)
-        finally:
-            for p in params:
-                p.requires_grad_(False)
-                p.grad = None
+        # plain truncation: no strips
+        assert_levered_equals_plain(vae, z, target, params, plain_run,
+                                    mode=mode, window=window, **kw)
         # Resnets (two norms), upsamplers and the head all ran in strips.
         assert {name for name, n in striped if n > 1} == {"_ResnetRun", "_UpsampleRun", "_HeadRun"}
-        assert abs(float(loss1) - float(loss0)) <= RTOL * abs(float(loss0))
-        assert rel_err(levered, plain) < RTOL
 
 
 class TestCogVideoXResnetPasses:
@@ -261,20 +241,11 @@ class TestCogVideoXResnetPasses:
             monkeypatch.setattr(cogvideox._ResnetRun, name,
                                 lambda self, *a, _m=method, _n=name: calls.__setitem__(_n, calls[_n] + 1) or _m(self, *a))
         params = cg.wrap(vae).parameters()  # every parameter: conv1's and norm1's too
-        for p in params:
-            p.requires_grad_(True)
-        try:
-            loss0, plain = plain_run(vae, z, target, params, mode=mode, window=window)  # no resnet runs
-            plan = RecomputePlan(strips=3, offload_checkpoints=True, offload_min_bytes=0, reuse_stats_pass=reuse)
-            loss1, levered = run(vae, z, target, params, mode=mode, window=window, recompute=True,
-                                 offload_cache=True, micro_batch=1, recompute_plan=plan)
-        finally:
-            for p in params:
-                p.requires_grad_(False)
-                p.grad = None
+        plan = RecomputePlan(strips=3, offload_checkpoints=True, offload_min_bytes=0, reuse_stats_pass=reuse)
+        # plain truncation: no resnet runs
+        assert_levered_equals_plain(vae, z, target, params, plain_run,
+                                    mode=mode, window=window, recompute_plan=plan)
         assert calls["second"] > 0 and calls["first"] > 0
-        assert abs(float(loss1) - float(loss0)) <= RTOL * abs(float(loss0))
-        assert rel_err(levered, plain) < RTOL
 
     def test_zq_indices_made_once_per_shape(self):
         from chopgrad_core.adapters import cogvideox
@@ -309,17 +280,9 @@ class TestCogVideoXCachePrefetch:
             lambda offload, path, entry, wait=False: events.append(("fetch", path))
             or fetch(offload, path, entry, wait)))
         params = cg.wrap(vae).parameters()[-6:]
-        for p in params:
-            p.requires_grad_(True)
-        try:
-            loss0, plain = plain_run(vae, z, target, params, mode=mode, window=window)
-            plan = RecomputePlan(strips=3, offload_checkpoints=True, offload_min_bytes=0, prefetch_cache=prefetch)
-            loss1, levered = run(vae, z, target, params, mode=mode, window=window, recompute=True,
-                                 offload_cache=True, micro_batch=1, recompute_plan=plan)
-        finally:
-            for p in params:
-                p.requires_grad_(False)
-                p.grad = None
+        plan = RecomputePlan(strips=3, offload_checkpoints=True, offload_min_bytes=0, prefetch_cache=prefetch)
+        assert_levered_equals_plain(vae, z, target, params, plain_run,
+                                    mode=mode, window=window, recompute_plan=plan)
         # A fetch ahead (of an entry other than the one just asked for) follows a get with the prefetch,
         # a put without it.
         ahead, last = [], None  # the get or put before each fetch
@@ -329,8 +292,6 @@ class TestCogVideoXCachePrefetch:
             elif path != () and last != ("get", path):
                 ahead.append(last[0])
         assert ahead and set(ahead) == {"get" if prefetch else "put"}
-        assert abs(float(loss1) - float(loss0)) <= RTOL * abs(float(loss0))
-        assert rel_err(levered, plain) < RTOL
 
     def test_planned_where_the_forward_peak_needs_it(self):
         from chopgrad_core.memory import plan_recompute_cogvideox
