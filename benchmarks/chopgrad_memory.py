@@ -536,7 +536,7 @@ def issue15_g_cases(part: str) -> list[Case]:
                   Case("low_memory-before", 17, 1, _lm(8.0), hw=P896)]
         return cases
     if part == "g3":
-        return [c for c, _ in ISSUE15_G3]
+        return list(ISSUE15_G3)
     # g2 (one short device call): Wan 480x832's lean forward against diffusers' modules.
     return [Case("naive", 17, 1, NAIVE, hw=P480), Case("low_memory-lean", 17, 1, _lm(6.0), hw=P480),
             Case("low_memory", 17, 1, _lm(6.0), hw=P480), Case("naive", 121, 1, NAIVE, hw=P480),
@@ -547,17 +547,17 @@ def issue15_g_cases(part: str) -> list[Case]:
 # D=0 at 17 and 121 frames, then CogVideoX 848x1600 at 49 frames with the budgeted strips (memory only:
 # plain D=0 does not fit, 294 GiB by the memory model). Wan first: its rows are on disk before the
 # CogVideoX case pins ~113 GiB of host memory (part f). Expected seconds per case, its untimed call
-# included, from parts e, f and g1 on one H200; 241 frames (~230 s more with plain) does not fit.
+# included (comments), from parts e, f and g1 on one H200; 241 frames (~230 s more with plain) does not fit.
 # The CogVideoX plan at budget 16 now fetches the streamed cache after each block (``prefetch_cache``
 # off: memory model 16.11 -> 14.81 GiB at 25 and more frames); part f measured 16.29 GiB with it on.
-ISSUE15_G3 = [
-    (Case("naive", 17, 1, NAIVE, hw=P896), 8),
-    (Case("low_memory", 17, 1, _lm(8.0), hw=P896), 50),  # the first call pins 40 GiB of host buffers
-    (Case("low_memory-lean", 17, 1, _lm(8.0), hw=P896), 12),
-    (Case("naive", 121, 1, NAIVE, hw=P896), 30),
-    (Case("low_memory", 121, 1, _lm(8.0), hw=P896), 48),
-    (Case("low_memory-lean", 121, 1, _lm(8.0), hw=P896), 48),
-    (Case("strips", 49, 1, dict(COG, memory_budget_gib=16.0), family="cogvideox", hw=C848), 170),  # pins ~113 GiB
+ISSUE15_G3 = [  # expected seconds, the untimed call included, in each comment
+    Case("naive", 17, 1, NAIVE, hw=P896),  # 8
+    Case("low_memory", 17, 1, _lm(8.0), hw=P896),  # 50: the first call pins 40 GiB of host buffers
+    Case("low_memory-lean", 17, 1, _lm(8.0), hw=P896),  # 12
+    Case("naive", 121, 1, NAIVE, hw=P896),  # 30
+    Case("low_memory", 121, 1, _lm(8.0), hw=P896),  # 48
+    Case("low_memory-lean", 121, 1, _lm(8.0), hw=P896),  # 48
+    Case("strips", 49, 1, dict(COG, memory_budget_gib=16.0), family="cogvideox", hw=C848),  # 170: pins ~113 GiB
 ]
 ISSUE15_G3_BUDGET_S = 260.0  # the CogVideoX case starts by then or not at all: ~7.5 minutes in all
 
