@@ -45,20 +45,10 @@ class CausalDecoderConformance:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def shared(cls, vae, data):
-        """``run(vae, z, target, **kw)`` computed once per class and settings: the plain truncated
-        references (full, block k, sliding D) that several tests compare their levers against.
-        Deterministic on the CPU, so a test gets the value it would compute itself; the returned
-        tensors are only read."""
-        memo = {}
-
-        def shared(**kw):
-            key = tuple(sorted(kw.items()))
-            if key not in memo:
-                memo[key] = cls.run(cls, vae, *data, **kw)
-            return memo[key]
-
-        return shared
+    def shared(cls, vae, data, memoise):
+        """``run(vae, z, target, **kw)`` once per class and settings: the plain truncated references
+        (full, block k, sliding D) that several tests compare their levers against."""
+        return memoise(lambda **kw: cls.run(cls, vae, *data, **kw))
 
     @pytest.fixture(scope="class")
     @classmethod

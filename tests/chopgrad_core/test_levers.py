@@ -46,22 +46,11 @@ def assert_levered_equals_plain(vae, z, target, params, reference, *, mode, wind
 
 
 @pytest.fixture(scope="module")
-def plain_run():
-    """``run`` without levers (plain truncation), computed once per VAE, inputs, parameters, mode and
-    window: the reference several tests compare their levers against. Deterministic on the CPU, so a
-    test gets the value it would compute itself; the returned tensors are only read. Called where the
-    test would run it (its parameters requiring grad). Keeps what it was called with alive, so that
-    no later object takes an id of the key."""
-    memo = {}
-
-    def plain_run(vae, z, target, params=(), *, mode, window):
-        params = tuple(params)
-        key = (id(vae), id(z), id(target), tuple(id(p) for p in params), mode, window)
-        if key not in memo:
-            memo[key] = (vae, z, target, params), run(vae, z, target, params, mode=mode, window=window)
-        return memo[key][1]
-
-    return plain_run
+def plain_run(memoise):
+    """``run`` without levers (plain truncation), once per VAE, inputs, parameters, mode and window.
+    Called where the test would run it (its parameters requiring grad)."""
+    return memoise(lambda vae, z, target, params=(), *, mode, window:
+                   run(vae, z, target, params, mode=mode, window=window))
 
 
 @pytest.fixture(scope="module")
