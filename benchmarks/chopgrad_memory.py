@@ -480,12 +480,13 @@ def release_host_buffers() -> None:
 # (off by default since g1).
 # "-keepslots" (a diagnostic, not a lever: more device memory) keeps Wan's fetched input slots on the
 # device for backward. Part g1 ran before the lean forward existed (and with "-early" the default).
+# Part h: "-convfwd" runs every convolution's forward in the recomputation (``GRAD_ONLY_LAST_CONV`` off).
 def _toggles(name: str) -> dict:
     before = name.endswith("-before")
     late = before or name.endswith("-lateprefetch")
     return dict(early_start=name.endswith("-early"), ahead_of_slotless=not late, index_on_device=not before,
                 split=not (before or name.endswith("-nosplit")), save_host_copies=not name.endswith("-keepslots"),
-                lean=name.endswith("-lean"))
+                lean=name.endswith("-lean"), grad_only=not (before or name.endswith("-convfwd")))
 
 
 class lever_toggles:
@@ -495,8 +496,10 @@ class lever_toggles:
         self.want = _toggles(name)
 
     def __enter__(self):
+        from chopgrad_core import decoder
         from chopgrad_core.adapters import cogvideox, wan
 
+        self.grad_only, decoder.GRAD_ONLY_LAST_CONV = decoder.GRAD_ONLY_LAST_CONV, self.want["grad_only"]
         self.saved = (wan._CheckpointSaver.early_start, wan._SlotIO.ahead_of_slotless,
                       cogvideox.INDEX_ON_DEVICE, cogvideox.SPLIT_RESNET_BACKWARD, wan._SlotIO.save_host_copies)
         wan._SlotIO.save_host_copies = self.want["save_host_copies"]
@@ -508,8 +511,10 @@ class lever_toggles:
         return self
 
     def __exit__(self, *exc):
+        from chopgrad_core import decoder
         from chopgrad_core.adapters import cogvideox, wan
 
+        decoder.GRAD_ONLY_LAST_CONV = self.grad_only
         (wan._CheckpointSaver.early_start, wan._SlotIO.ahead_of_slotless, cogvideox.INDEX_ON_DEVICE,
          cogvideox.SPLIT_RESNET_BACKWARD, wan._SlotIO.save_host_copies) = self.saved
         wan.LEAN_FORWARD = self.lean
@@ -537,6 +542,10 @@ def issue15_g_cases(part: str) -> list[Case]:
         return cases
     if part == "g3":
         return list(ISSUE15_G3)
+    if part == "h1":
+        return list(ISSUE15_H1)
+    if part == "h2":
+        return list(ISSUE15_H2)
     # g2 (one short device call): Wan 480x832's lean forward against diffusers' modules.
     return [Case("naive", 17, 1, NAIVE, hw=P480), Case("low_memory-lean", 17, 1, _lm(6.0), hw=P480),
             Case("low_memory", 17, 1, _lm(6.0), hw=P480), Case("naive", 121, 1, NAIVE, hw=P480),
@@ -560,6 +569,40 @@ ISSUE15_G3 = [  # expected seconds, the untimed call included, in each comment
     Case("strips", 49, 1, dict(COG, memory_budget_gib=16.0), family="cogvideox", hw=C848),  # 170: pins ~113 GiB
 ]
 ISSUE15_G3_BUDGET_S = 260.0  # the CogVideoX case starts by then or not at all: ~7.5 minutes in all
+
+
+# Part h (two device calls): the recomputation's last convolution per block run for its gradients only
+# (``chopgrad_core.decoder.GRAD_ONLY_LAST_CONV``, on by default), against it off ("-convfwd") and with
+# Wan's lean forward ("-lean"). h1: the time targets in order of how far each was (Wan 480x832 1.35x,
+# CogVideoX 480x720 2x, Wan 896x1600 1.5x at 17 and 121 frames). h2: what h1 leaves: Wan 896x1600 at
+# 241 frames and 6 cameras, CogVideoX 848x1600 at 49 frames (memory; plain D=0 does not fit).
+ISSUE15_H1 = [
+    Case("naive", 17, 1, NAIVE, hw=P480),
+    Case("low_memory", 17, 1, _lm(6.0), hw=P480),
+    Case("low_memory-convfwd", 17, 1, _lm(6.0), hw=P480),
+    Case("low_memory-lean", 17, 1, _lm(6.0), hw=P480),
+    Case("naive", 121, 1, NAIVE, hw=P480),
+    Case("low_memory", 121, 1, _lm(6.0), hw=P480),
+    Case("low_memory-lean", 121, 1, _lm(6.0), hw=P480),
+    Case("naive", 17, 1, NAIVE, family="cogvideox", hw=C480),
+    Case("strips", 17, 1, dict(COG, memory_budget_gib=8.0), family="cogvideox", hw=C480),
+    Case("strips-convfwd", 17, 1, dict(COG, memory_budget_gib=8.0), family="cogvideox", hw=C480),
+    Case("naive", 49, 1, NAIVE, family="cogvideox", hw=C480),
+    Case("strips", 49, 1, dict(COG, memory_budget_gib=8.0), family="cogvideox", hw=C480),
+    Case("naive", 17, 1, NAIVE, hw=P896),
+    Case("low_memory", 17, 1, _lm(8.0), hw=P896),  # the first call at this size pins ~40 GiB of host buffers
+    Case("low_memory-lean", 17, 1, _lm(8.0), hw=P896),
+    Case("naive", 121, 1, NAIVE, hw=P896),
+    Case("low_memory", 121, 1, _lm(8.0), hw=P896),
+    Case("low_memory-lean", 121, 1, _lm(8.0), hw=P896),
+]
+ISSUE15_H2 = [
+    Case("naive", 241, 1, NAIVE, hw=P896),
+    Case("low_memory", 241, 1, _lm(8.0), hw=P896),
+    Case("naive", 17, 6, dict(NAIVE, micro_batch=1), hw=P896),
+    Case("low_memory", 17, 6, _lm(8.0), hw=P896),
+    Case("strips", 49, 1, dict(COG, memory_budget_gib=16.0), family="cogvideox", hw=C848),  # pins ~113 GiB
+]
 
 
 def summary(rows: list[Row]) -> str:
@@ -735,7 +778,7 @@ def scenario_cases(name: str) -> tuple[list[Case], tuple[int, int]]:
         return issue15_c_cases(), P480
     if name in ("h200-issue15-d", "h200-issue15-e", "h200-issue15-f"):
         return issue15_def_cases(name[-1]), P480
-    if name in ("h200-issue15-g1", "h200-issue15-g2", "h200-issue15-g3"):
+    if name in ("h200-issue15-g1", "h200-issue15-g2", "h200-issue15-g3", "h200-issue15-h1", "h200-issue15-h2"):
         return issue15_g_cases(name[-2:]), P480
     if name == "model-issue15":
         return model_issue15_cases(), P480

@@ -260,6 +260,79 @@ class StripPlan:
         return self.latent_rows is not None and in_rows <= self.plan.keep_below * self.latent_rows
 
 
+#: In a block's recomputation the last convolution computes no output, only its gradients
+#: (:func:`grad_only`): nothing after it in the block reads its values (a residual sum, reshapes), so
+#: its forward there was work thrown away, one of the two convolutions a residual block recomputes.
+#: False: the recomputation runs every convolution's forward (as before).
+GRAD_ONLY_LAST_CONV = True
+
+
+class _GradOnlyConv(torch.autograd.Function):
+    """A convolution whose output is only differentiated, never read: forward allocates the output
+    without computing it; backward is ``aten.convolution_backward``, the call autograd's own
+    convolution backward makes, so the gradients are the same numbers."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, dilation, groups, bias is not None)
+        k = weight.shape[2:]
+        size = [(n + 2 * p - d * (kk - 1) - 1) // s + 1
+                for n, kk, s, p, d in zip(x.shape[2:], k, stride, padding, dilation)]
+        return torch.empty((x.shape[0], weight.shape[0], *size), dtype=x.dtype, device=x.device,
+                           memory_format=_memory_format(x))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups, has_bias = ctx.conf
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding), list(dilation),
+            False, [0] * len(stride), groups, mask)
+        return gx, gw, gb, None, None, None, None
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        return torch.channels_last_3d
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def grad_only_conv(conv: nn.Module, x: torch.Tensor, padding=None) -> torch.Tensor:
+    """``conv(x)`` (an ``nn.Conv2d``/``nn.Conv3d`` with zero padding, or ``padding`` given) as a
+    :class:`_GradOnlyConv`: the output's values are undefined, its gradients exact."""
+    nd = x.dim() - 2
+    if padding is None:
+        assert conv.padding_mode == "zeros" and not isinstance(conv.padding, str), conv
+        padding = conv.padding
+    return _GradOnlyConv.apply(x, conv.weight, conv.bias, _tuple(conv.stride, nd), _tuple(padding, nd),
+                               _tuple(conv.dilation, nd), conv.groups)
+
+
+def _tuple(v, n: int) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+@contextlib.contextmanager
+def grad_only(conv: nn.Module | None) -> Iterator[None]:
+    """Inside, ``conv`` (the last convolution of a block being recomputed for its gradients) skips
+    its forward (:data:`GRAD_ONLY_LAST_CONV`): ``nn.Conv*.forward`` calls ``_conv_forward``, which
+    this replaces on the instance; adapters whose own forwards call the convolution directly check
+    ``conv.grad_only``."""
+    if conv is None or not GRAD_ONLY_LAST_CONV or not torch.is_grad_enabled():
+        yield
+        return
+    conv._conv_forward = lambda x, weight, bias: grad_only_conv(conv, x)
+    conv.grad_only = True
+    try:
+        yield
+    finally:
+        del conv._conv_forward, conv.grad_only
+
+
 @dataclass(frozen=True)
 class Group:
     """One decode step: latent frames ``latent`` decode to pixel frames ``pixel``."""

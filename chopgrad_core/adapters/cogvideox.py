@@ -40,7 +40,7 @@ from diffusers.models.upsampling import CogVideoXUpsample3D
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from chopgrad_core.decoder import CacheOffloader, CausalCache, CausalDecoder, Group, StripPlan, strip_rows
+from chopgrad_core.decoder import CacheOffloader, CausalCache, CausalDecoder, Group, StripPlan, grad_only, strip_rows
 from chopgrad_core.memory import RecomputePlan, plan_recompute_cogvideox
 
 
@@ -333,15 +333,16 @@ def _head(decoder, x, temb=None, sample=None, conv_cache=None):
     return x, {"norm_out": norm_cache, "conv_out": conv}
 
 
-def _checkpointed(forward, params, *args, **kwargs):
-    """``forward(*args, **kwargs)``, recomputed in backward when gradients are on (:class:`_Checkpoint`)."""
+def _checkpointed(forward_last, params, *args, **kwargs):
+    """``forward(*args, **kwargs)``, recomputed in backward when gradients are on (:class:`_Checkpoint`);
+    ``forward_last``: (forward, its last convolution, which the recomputation runs for gradients only)."""
     if not torch.is_grad_enabled():
-        return _drop_unread(forward(*args, **kwargs))
+        return _drop_unread(forward_last[0](*args, **kwargs))
     flat, spec = tree_flatten((args, kwargs))
     is_t = [isinstance(t, torch.Tensor) for t in flat]
     box: dict = {}
     tensors = [t for t in flat if isinstance(t, torch.Tensor)]
-    outs = _Checkpoint.apply(forward, spec, flat, is_t, box, len(tensors), *tensors, *params)
+    outs = _Checkpoint.apply(forward_last, spec, flat, is_t, box, len(tensors), *tensors, *params)
     it = iter(outs)
     return tree_unflatten([next(it) if t else v for t, v in zip(box["is_t"], box["leaves"])], box["spec"])
 
@@ -351,8 +352,8 @@ class _Checkpoint(torch.autograd.Function):
     parameters explicit (the engine takes parameter gradients with ``torch.autograd.grad``)."""
 
     @staticmethod
-    def forward(ctx, forward, spec, flat, is_t, box, num_tensors, *inputs):
-        tensors, ctx.params = inputs[:num_tensors], inputs[num_tensors:]
+    def forward(ctx, forward_last, spec, flat, is_t, box, num_tensors, *inputs):
+        (forward, ctx.last), tensors, ctx.params = forward_last, inputs[:num_tensors], inputs[num_tensors:]
         with torch.no_grad():
             out = _drop_unread(forward(*_unflatten(spec, flat, is_t, tensors)[0],
                                        **_unflatten(spec, flat, is_t, tensors)[1]))
@@ -375,7 +376,7 @@ class _Checkpoint(torch.autograd.Function):
         params = [p for p, need in zip(ctx.params, needs[len(saved):]) if need]
         _PACKING[0] = False  # the recomputation's own saved tensors stay on the device
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), grad_only(ctx.last):  # the output is only differentiated
                 args, kwargs = _unflatten(ctx.spec, ctx.flat, ctx.is_t, tensors)
                 leaves = tree_flatten(_drop_unread(ctx.forward(*args, **kwargs)))[0]
         finally:
@@ -590,6 +591,7 @@ class _ResnetRun:
     def __init__(self, resnet: CogVideoXResnetBlock3D) -> None:
         self.m = resnet
         self.norms = [_group_norm(resnet.norm1), _group_norm(resnet.norm2)]
+        self.last = resnet.conv2.conv  # the last convolution: nothing in the block reads its output
 
     @staticmethod
     def args(x, temb=None, zq=None, conv_cache=None):
@@ -645,6 +647,7 @@ class _HeadRun:
     def __init__(self, decoder) -> None:
         self.d = decoder
         self.norms = [_group_norm(decoder.norm_out)]
+        self.last = decoder.conv_out.conv
 
     @staticmethod
     def args(x, temb=None, sample=None, conv_cache=None):
@@ -667,6 +670,7 @@ class _UpsampleRun:
 
     def __init__(self, upsampler: CogVideoXUpsample3D) -> None:
         self.m = upsampler
+        self.last = upsampler.conv
 
     @staticmethod
     def args(x):
@@ -686,7 +690,7 @@ def _block(run, strips: StripPlan, owner: CogVideoXDecoder, forward, params, *ar
     x, zq, cache = run.args(*args, **kwargs)
     n = strips.count(x.shape[-2] * run.scale)
     if n == 1 or not torch.is_grad_enabled():
-        return _checkpointed(forward, params, *args, **kwargs)
+        return _checkpointed((forward, run.last), params, *args, **kwargs)
     flat, spec = tree_flatten(cache)
     is_t = [isinstance(t, torch.Tensor) for t in flat]
     tensors = [t for t in flat if isinstance(t, torch.Tensor)]
@@ -854,18 +858,19 @@ class _StripBlock(torch.autograd.Function):
         grad_p = [None] * len(params)
         grad_stats = [[torch.zeros_like(st[0]), torch.zeros_like(st[1])] for st in stats]
 
-        def pull(outs, grads, i, num_stats, stop=None, call=None, extra=None):
+        def pull(outs, grads, i, num_stats, stop=None, call=None, extra=None, last=None):
             """Recompute strip i (up to norm ``stop``'s input; or ``call`` it), take its interior
             ``outs(out)``, pull ``grads(interior)`` back through it and accumulate every input's
             gradient. ``extra``: (a list the call appends one more leaf to, a function that takes
-            that leaf's gradient as ``(g, c0, c1)``)."""
+            that leaf's gradient as ``(g, c0, c1)``). ``last``: a convolution whose output only the
+            gradient reads (the block's last: :func:`grad_only`)."""
             c0, c1 = strips[i][2:]
             xc, *cc = pieces(i)
             xc = xc.detach().requires_grad_(need_x)
             zl = zq.detach().requires_grad_(need_zq) if zq is not None else None
             cc = [t.detach().requires_grad_(nd) for t, nd in zip(cc, need_c)]
             st = [(m.detach().requires_grad_(), r.detach().requires_grad_(), cnt) for m, r, cnt in stats[:num_stats]]
-            with torch.enable_grad():  # backward runs with grad off: the recomputation needs it on
+            with torch.enable_grad(), grad_only(last):  # backward runs with grad off: the recomputation needs it on
                 cache = _unflatten(ctx.spec, ctx.flat, ctx.is_t, cc)
                 if call is None:
                     out = run(xc, zl, cache, st, (c0, c1), rows, stop=stop)
@@ -941,7 +946,7 @@ class _StripBlock(torch.autograd.Function):
                 grads = [None if grad_y is None else grad_y[..., r0 * s : r1 * s, :]]
                 grads += [None if g is None else g[..., r0:r1, :] for g in rest]
                 pull(lambda out, r0=r0, r1=r1, c0=c0: interior_of(out, r0, r1, c0),
-                     lambda _, grads=grads: grads, i, len(stats), call=second, extra=(leaf, add_h1))
+                     lambda _, grads=grads: grads, i, len(stats), call=second, extra=(leaf, add_h1), last=run.last)
             for i, (r0, r1, c0, c1) in enumerate(strips):
                 def grads(interior, r0=r0, r1=r1):
                     g = _stat_grad(interior[0].detach(), stats[1], grad_stats[1])
@@ -958,7 +963,7 @@ class _StripBlock(torch.autograd.Function):
                 grads = [None if grad_y is None else grad_y[..., r0 * s : r1 * s, :]]
                 grads += [None if g is None else g[..., r0:r1, :] for g in grad_cache_out]
                 pull(lambda out, r0=r0, r1=r1, c0=c0: interior_of(out, r0, r1, c0),
-                     lambda _, grads=grads: grads, i, len(stats))
+                     lambda _, grads=grads: grads, i, len(stats), last=run.last)
             norms_left = list(range(len(stats)))
         # 2. The statistics' gradients through their reductions, last norm first.
         for j in reversed(norms_left):

@@ -45,7 +45,8 @@ from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import (CACHE_T, WanCausalConv3d, WanResample,
                                                               WanResidualBlock, WanRMS_norm, WanUpBlock, unpatchify)
 
-from chopgrad_core.decoder import CacheOffloader, CausalCache, CausalDecoder, Group, StripPlan, strip_rows
+from chopgrad_core.decoder import (CacheOffloader, CausalCache, CausalDecoder, Group, StripPlan, grad_only,
+                                   grad_only_conv, strip_rows)
 from chopgrad_core.memory import RecomputePlan
 
 
@@ -130,18 +131,22 @@ class WanDecoder(CausalDecoder):
             io.saver = _CheckpointSaver(offloader, plan.offload_min_bytes if plan.offload_checkpoints else None)
         patched = []
         for module in decoder.modules():
+            # ``last``: the block's last convolution, whose output nothing in the block reads.
             if isinstance(module, WanResidualBlock):
                 num_slots, scale = 2, 1  # conv1, conv2 (conv_shortcut is 1x1x1 and keeps no cache)
+                last = module.conv2
             elif isinstance(module, WanResample) and module.mode.startswith("upsample"):
                 num_slots, scale = (1 if module.mode == "upsample3d" else 0), 2  # time_conv
+                last = module.resample[-1]  # nearest 2x, then this 3x3 conv
             else:
                 continue
-            module.forward = _recomputed(list(module.parameters()), module.forward, num_slots, scale, strips, io)
+            module.forward = _recomputed(list(module.parameters()), module.forward, num_slots, scale, strips, io,
+                                         last)
             patched.append(module)
         # The head (norm_out, SiLU, conv_out) runs at full resolution with fp32 norm temporaries;
         # left to plain autograd it would hold more than any block, so it is a block too.
         head_params = list(decoder.norm_out.parameters()) + list(decoder.conv_out.parameters())
-        head = _recomputed(head_params, functools.partial(_head, decoder), 1, 1, strips, io)
+        head = _recomputed(head_params, functools.partial(_head, decoder), 1, 1, strips, io, decoder.conv_out)
         decoder.forward = functools.partial(_decoder_forward, decoder, head, strips, io)
         patched.append(decoder)
         if LEAN_FORWARD:  # every forward here is ours (no-grad strips, recomputation, kept blocks)
@@ -186,6 +191,8 @@ def _lean_causal_conv(conv: WanCausalConv3d, x: torch.Tensor, cache_x: torch.Ten
         p[4] -= cache_x.shape[2]
     if p[4] > 0:
         x = torch.nn.functional.pad(x, (0, 0, 0, 0, p[4], 0))
+    if getattr(conv, "grad_only", False):  # the last conv of a block's recomputation (decoder.grad_only)
+        return grad_only_conv(conv, x, padding=(0, p[2], p[0]))
     return torch.nn.functional.conv3d(x, conv.weight, conv.bias, conv.stride, (0, p[2], p[0]), conv.dilation,
                                       conv.groups)
 
@@ -249,10 +256,11 @@ def _cached_conv(conv, x, feat_cache, feat_idx):
 
 
 def _recomputed(params: list[torch.nn.Parameter], forward, num_slots: int, scale: int, plan: StripPlan,
-                io: _SlotIO):
+                io: _SlotIO, last: torch.nn.Module):
     """``forward(x, feat_cache, feat_idx)`` of a Wan block, recomputed in backward with explicit cache slots.
 
-    ``scale``: output rows per input row (2 for upsamplers).
+    ``scale``: output rows per input row (2 for upsamplers). ``last``: the block's last convolution,
+    which the recomputation runs for its gradients only (:func:`grad_only`).
     """
 
     def recomputed_forward(x, feat_cache=None, feat_idx=[0]):  # noqa: B006 - mirrors diffusers
@@ -267,7 +275,8 @@ def _recomputed(params: list[torch.nn.Parameter], forward, num_slots: int, scale
             for j, t in enumerate(slots_in):
                 dev, host = io.from_host.pop(i + j, (None, None))
                 hosts.append(host if dev is t and io.save_host_copies else None)
-            y, *slots_out = _RecomputedBlock.apply(forward, num_slots, scale, plan, io, hosts, x, *slots_in, *params)
+            y, *slots_out = _RecomputedBlock.apply((forward, last), num_slots, scale, plan, io, hosts, x, *slots_in,
+                                                   *params)
             feat_cache[i : i + num_slots] = slots_out  # the restore: the block's writes, as it made them
             feat_idx[0] = i + num_slots
         else:  # no gradient, or a kept block (selective recomputation): plain autograd
@@ -490,8 +499,8 @@ class _RecomputedBlock(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, forward, num_slots, scale, plan, io, hosts, x, *inputs):
-        slots_in, params = inputs[:num_slots], inputs[num_slots:]
+    def forward(ctx, forward_last, num_slots, scale, plan, io, hosts, x, *inputs):
+        (forward, ctx.last), slots_in, params = forward_last, inputs[:num_slots], inputs[num_slots:]
         strips = plan.count(x.shape[-2] * scale)
         with torch.no_grad():
             y, slots_out = _forward_in_strips(forward, num_slots, scale, strips, x, slots_in)
@@ -540,9 +549,11 @@ class _RecomputedBlock(torch.autograd.Function):
             xc = xc.detach().requires_grad_(need_x)
             sc = [(t if whole else t[..., c0:c1, :]).detach().requires_grad_(need) if t is not None else sentinel
                   for t, need, sentinel in zip(slots_in, need_slots, ctx.sentinels)]
-            # Backward runs with grad off: the recomputation and the interior slices need it on.
+            # Backward runs with grad off: the recomputation and the interior slices need it on. The
+            # block's output is only differentiated, so its last convolution computes no values.
             with torch.enable_grad():
-                yc, sc_out = _run_block(ctx.forward, ctx.num_slots, xc, sc)
+                with grad_only(ctx.last):
+                    yc, sc_out = _run_block(ctx.forward, ctx.num_slots, xc, sc)
                 scale = yc.shape[-2] // (c1 - c0)  # 2 for upsamplers
                 outs, grads = [], []
                 for n, (out, (g, is_t)) in enumerate(zip([yc, *sc_out], grads_out)):

@@ -292,6 +292,51 @@ class TestCogVideoXCachePrefetch:
         assert plan(480, 720, 8).prefetch_cache and not plan(848, 1600, 16).prefetch_cache
 
 
+class TestGradOnlyLastConv:
+    """The recomputation runs each block's last convolution for its gradients only (no output values):
+    on and off, Wan (whole blocks, strips, the lean forward) and CogVideoX (whole blocks, strips, the
+    two-pass resnet backward), every parameter's gradient and the latents' equal plain truncation's,
+    and with it on every recomputed block's last convolution skipped its forward."""
+
+    @pytest.mark.parametrize("family,plan,lean,on", [
+        ("wan", PLANS["all"], False, True), ("wan", PLANS["strips+keep_low_levels"], True, True),
+        ("wan", RecomputePlan(), False, True), ("wan", PLANS["all"], False, False),
+        ("cogvideox", RecomputePlan(strips=3, offload_checkpoints=True, offload_min_bytes=0), False, True),
+        ("cogvideox", RecomputePlan(), False, True), ("cogvideox", RecomputePlan(strips=3), False, False),
+    ])
+    def test_equal_plain_truncation(self, wan, cog, plain_run, family, plan, lean, on, monkeypatch):
+        from chopgrad_core import decoder
+        from chopgrad_core.adapters import wan as wan_adapter
+
+        vae, z, target = wan if family == "wan" else cog
+        monkeypatch.setattr(decoder, "GRAD_ONLY_LAST_CONV", on)
+        monkeypatch.setattr(wan_adapter, "LEAN_FORWARD", lean)
+        skipped, backward = [], decoder._GradOnlyConv.backward
+        monkeypatch.setattr(decoder._GradOnlyConv, "backward",
+                            staticmethod(lambda ctx, g: skipped.append(g.shape) or backward(ctx, g)))
+        params = cg.wrap(vae).parameters()
+        assert_levered_equals_plain(vae, z, target, params, plain_run, mode="sliding", window=0, recompute_plan=plan)
+        assert bool(skipped) == on
+        if on and family == "wan":  # head, upsamplers and resnets: 3-channel, 2D and 3D outputs
+            assert {s[1] for s in skipped} >= {3} and {len(s) for s in skipped} == {4, 5}
+
+    def test_output_shape_and_gradients_match_the_convolution(self):
+        from chopgrad_core.decoder import grad_only_conv
+
+        g = torch.Generator().manual_seed(0)
+        for conv, x in ((torch.nn.Conv3d(3, 5, 3, padding=(0, 1, 1)), torch.randn(2, 3, 4, 7, 6, generator=g)),
+                        (torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False),
+                         torch.randn(1, 4, 9, 8, generator=g))):
+            xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+            ya, yb = conv(xa), grad_only_conv(conv, xb)
+            assert ya.shape == yb.shape
+            gy = torch.randn(ya.shape, generator=g)
+            ga = torch.autograd.grad(ya, [xa, *conv.parameters()], gy)
+            gb = torch.autograd.grad(yb, [xb, *conv.parameters()], gy)
+            for a, b in zip(ga, gb):
+                assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 class TestPlanner:
     """Strip counts grow with the frame size and shrink with the budget; a budget the device-held
     plan cannot meet turns on checkpoint offload; without a budget the fixed issue-2 plan holds."""
