@@ -476,17 +476,20 @@ def release_host_buffers() -> None:
 # Issue 15, part g: the levers of part g against their state before it, in the same process. A case
 # name's suffix turns part g's levers off: "-before" all of them; "-nosplit" the CogVideoX resnets'
 # two-pass backward only; "-lateprefetch" Wan's earlier fetches only. "-lean" turns on Wan's lean
-# forward (off by default: not timed yet); "-early" Wan's backward prefetch at a block's first strip
+# forward (on by default since part h; the benchmark sets it per case, off without the suffix); "-early"
+# Wan's backward prefetch at a block's first strip
 # (off by default since g1).
 # "-keepslots" (a diagnostic, not a lever: more device memory) keeps Wan's fetched input slots on the
 # device for backward. Part g1 ran before the lean forward existed (and with "-early" the default).
-# Part h: "-convfwd" runs every convolution's forward in the recomputation (``GRAD_ONLY_LAST_CONV`` off).
+# Part h: "-convfwd" runs every convolution's forward in the recomputation (``GRAD_ONLY_LAST_CONV`` off);
+# "-keeph1" keeps CogVideoX's conv1 output between the resnet's two backward passes (``KEEP_CONV1_OUTPUT``).
 def _toggles(name: str) -> dict:
     before = name.endswith("-before")
     late = before or name.endswith("-lateprefetch")
     return dict(early_start=name.endswith("-early"), ahead_of_slotless=not late, index_on_device=not before,
                 split=not (before or name.endswith("-nosplit")), save_host_copies=not name.endswith("-keepslots"),
-                lean=name.endswith("-lean"), grad_only=not (before or name.endswith("-convfwd")))
+                lean=name.endswith("-lean"), grad_only=not (before or name.endswith("-convfwd")),
+                keep_h1="-keeph1" in name)
 
 
 class lever_toggles:
@@ -500,6 +503,7 @@ class lever_toggles:
         from chopgrad_core.adapters import cogvideox, wan
 
         self.grad_only, decoder.GRAD_ONLY_LAST_CONV = decoder.GRAD_ONLY_LAST_CONV, self.want["grad_only"]
+        self.keep_h1, cogvideox.KEEP_CONV1_OUTPUT = cogvideox.KEEP_CONV1_OUTPUT, self.want["keep_h1"]
         self.saved = (wan._CheckpointSaver.early_start, wan._SlotIO.ahead_of_slotless,
                       cogvideox.INDEX_ON_DEVICE, cogvideox.SPLIT_RESNET_BACKWARD, wan._SlotIO.save_host_copies)
         wan._SlotIO.save_host_copies = self.want["save_host_copies"]
@@ -515,6 +519,7 @@ class lever_toggles:
         from chopgrad_core.adapters import cogvideox, wan
 
         decoder.GRAD_ONLY_LAST_CONV = self.grad_only
+        cogvideox.KEEP_CONV1_OUTPUT = self.keep_h1
         (wan._CheckpointSaver.early_start, wan._SlotIO.ahead_of_slotless, cogvideox.INDEX_ON_DEVICE,
          cogvideox.SPLIT_RESNET_BACKWARD, wan._SlotIO.save_host_copies) = self.saved
         wan.LEAN_FORWARD = self.lean
@@ -546,6 +551,8 @@ def issue15_g_cases(part: str) -> list[Case]:
         return list(ISSUE15_H1)
     if part == "h2":
         return list(ISSUE15_H2)
+    if part == "h3":
+        return list(ISSUE15_H3)
     # g2 (one short device call): Wan 480x832's lean forward against diffusers' modules.
     return [Case("naive", 17, 1, NAIVE, hw=P480), Case("low_memory-lean", 17, 1, _lm(6.0), hw=P480),
             Case("low_memory", 17, 1, _lm(6.0), hw=P480), Case("naive", 121, 1, NAIVE, hw=P480),
@@ -596,12 +603,31 @@ ISSUE15_H1 = [
     Case("low_memory", 121, 1, _lm(8.0), hw=P896),
     Case("low_memory-lean", 121, 1, _lm(8.0), hw=P896),
 ]
+# h2 ran with the lean forward on in every case (its rows are named without "-lean": the recorded
+# command overrode the toggles, benchmarks/RESULTS.md); the cases now say so themselves.
 ISSUE15_H2 = [
     Case("naive", 241, 1, NAIVE, hw=P896),
-    Case("low_memory", 241, 1, _lm(8.0), hw=P896),
+    Case("low_memory-lean", 241, 1, _lm(8.0), hw=P896),
     Case("naive", 17, 6, dict(NAIVE, micro_batch=1), hw=P896),
-    Case("low_memory", 17, 6, _lm(8.0), hw=P896),
+    Case("low_memory-lean", 17, 6, _lm(8.0), hw=P896),
     Case("strips", 49, 1, dict(COG, memory_budget_gib=16.0), family="cogvideox", hw=C848),  # pins ~113 GiB
+]
+
+
+# h3: CogVideoX 480x720, the levers left for its 2x target: 4 strips (planned: 5), conv1's output kept
+# between the two backward passes ("-keeph1"), both; the memory model gives 6.37 / 7.11 GiB for 5 / 4 strips.
+_COG4 = dict(COG, recompute_plan=dict(strips=4, offload_checkpoints=True, reuse_stats_pass=True))
+ISSUE15_H3 = [
+    Case("naive", 17, 1, NAIVE, family="cogvideox", hw=C480),
+    Case("strips", 17, 1, dict(COG, memory_budget_gib=8.0), family="cogvideox", hw=C480),
+    Case("strips-keeph1", 17, 1, dict(COG, memory_budget_gib=8.0), family="cogvideox", hw=C480),
+    Case("strips4", 17, 1, _COG4, family="cogvideox", hw=C480),
+    Case("strips4-keeph1", 17, 1, _COG4, family="cogvideox", hw=C480),
+    Case("naive", 49, 1, NAIVE, family="cogvideox", hw=C480),
+    Case("strips", 49, 1, dict(COG, memory_budget_gib=8.0), family="cogvideox", hw=C480),
+    Case("strips-keeph1", 49, 1, dict(COG, memory_budget_gib=8.0), family="cogvideox", hw=C480),
+    Case("strips4", 49, 1, _COG4, family="cogvideox", hw=C480),
+    Case("strips4-keeph1", 49, 1, _COG4, family="cogvideox", hw=C480),
 ]
 
 
@@ -778,7 +804,8 @@ def scenario_cases(name: str) -> tuple[list[Case], tuple[int, int]]:
         return issue15_c_cases(), P480
     if name in ("h200-issue15-d", "h200-issue15-e", "h200-issue15-f"):
         return issue15_def_cases(name[-1]), P480
-    if name in ("h200-issue15-g1", "h200-issue15-g2", "h200-issue15-g3", "h200-issue15-h1", "h200-issue15-h2"):
+    if name in ("h200-issue15-g1", "h200-issue15-g2", "h200-issue15-g3", "h200-issue15-h1", "h200-issue15-h2",
+                "h200-issue15-h3"):
         return issue15_g_cases(name[-2:]), P480
     if name == "model-issue15":
         return model_issue15_cases(), P480

@@ -406,6 +406,12 @@ INDEX_ON_DEVICE = True
 #: in a map between them (:meth:`_StripBlock._backward`); False: three passes, conv1 twice (as before).
 SPLIT_RESNET_BACKWARD = True
 
+#: With :data:`SPLIT_RESNET_BACKWARD`, the first pass keeps conv1's output (recomputed there without
+#: gradient) as a map for the second, whose norm2-statistics term needs its values: the second pass
+#: then runs conv1 for its gradients only (``decoder.grad_only``). One map of the block's output
+#: size more in backward, one conv1 forward per strip less. False: the second pass recomputes conv1.
+KEEP_CONV1_OUTPUT = False
+
 
 class _SavedOnHost:
     """``saved_tensors_hooks`` that keep large saved tensors (checkpoint inputs) in host memory."""
@@ -928,6 +934,8 @@ class _StripBlock(torch.autograd.Function):
             first = [g for g, key in zip(grad_cache_out, ctx.out_keys) if key in run.first_keys]
             rest = [g for g, key in zip(grad_cache_out, ctx.out_keys) if key not in run.first_keys]
             g_h1: list = []
+            h1_kept: list = []  # with KEEP_CONV1_OUTPUT: conv1's output of pass 1, for pass 2's statistics term
+            keep = KEEP_CONV1_OUTPUT
 
             def add_h1(g, c0, c1):
                 if not g_h1:
@@ -937,9 +945,13 @@ class _StripBlock(torch.autograd.Function):
             for i, (r0, r1, c0, c1) in enumerate(strips):
                 leaf: list = []
 
-                def second(xc, zl, cache, st, rr, height, leaf=leaf):
+                def second(xc, zl, cache, st, rr, height, leaf=leaf, r0=r0, r1=r1, c0=c0):
                     with torch.no_grad():
                         h1 = run.first(xc, zl, cache, st, rr, height)[0]
+                        if keep:
+                            if not h1_kept:
+                                h1_kept.append(h1.new_empty((*h1.shape[:-2], rows, h1.shape[-1])))
+                            h1_kept[0][..., r0:r1, :] = h1[..., r0 - c0 : r1 - c0, :]
                     leaf.append(h1.requires_grad_())
                     return run.second(h1, xc, zl, cache, st, rr, height)
 
@@ -949,13 +961,17 @@ class _StripBlock(torch.autograd.Function):
                      lambda _, grads=grads: grads, i, len(stats), call=second, extra=(leaf, add_h1), last=run.last)
             for i, (r0, r1, c0, c1) in enumerate(strips):
                 def grads(interior, r0=r0, r1=r1):
-                    g = _stat_grad(interior[0].detach(), stats[1], grad_stats[1])
+                    h1 = h1_kept[0][..., r0:r1, :] if h1_kept else interior[0].detach()
+                    g = _stat_grad(h1, stats[1], grad_stats[1])
                     if g_h1:
                         g = g + g_h1[0][..., r0:r1, :]
                     return [g] + [None if t is None else t[..., r0:r1, :] for t in first]
 
-                pull(lambda out, r0=r0, r1=r1, c0=c0: interior_of(out, r0, r1, c0), grads, i, 1, call=run.first)
+                # With conv1's output kept, nothing reads the recomputed one: conv1 runs for its gradients only.
+                pull(lambda out, r0=r0, r1=r1, c0=c0: interior_of(out, r0, r1, c0), grads, i, 1, call=run.first,
+                     last=run.m.conv1.conv if h1_kept else None)
             g_h1.clear()
+            h1_kept.clear()
             norms_left = [0]
         else:
             # 1. The strips, pulled back with their rows of the output's (and written cache's) gradient.

@@ -175,10 +175,11 @@ class WanDecoder(CausalDecoder):
 #: Inside :meth:`WanDecoder.recomputation` the causal convolutions pad spatially inside the
 #: convolution and the RMS norms reduce straight from their input (:func:`_lean_causal_conv`,
 #: :func:`_lean_rms_norm`): the same arithmetic with fewer passes over each map, for the recomputed
-#: forward, which at 480x832 costs about 0.44x of plain D=0 (a profile on one H200: its copies and
-#: norms are memory-bound). Off by default: exact on the CPU (tests), not yet timed on a GPU
-#: (``benchmarks/chopgrad_memory.py --scenario h200-issue15-g2``). False: diffusers' modules as they are.
-LEAN_FORWARD = False
+#: forward, whose copies and norms are memory-bound. Exact on the CPU (tests); on one H200
+#: (benchmarks/RESULTS.md, issue 15 part h) ``low_memory`` goes from 1.37-1.38x to 1.28-1.29x plain
+#: D=0 at 480x832 and from 1.46-1.48x to 1.37x at 896x1600 (17 to 241 frames), 0.35 GiB lower.
+#: False: diffusers' modules as they are.
+LEAN_FORWARD = True
 
 
 def _lean_causal_conv(conv: WanCausalConv3d, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:

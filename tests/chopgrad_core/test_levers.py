@@ -214,16 +214,22 @@ class TestCogVideoXStrips:
 
 class TestCogVideoXResnetPasses:
     """A resnet in strips: backward in two strip passes (conv1's output gradient gathered in a map
-    between them) instead of three, and the forward's strips reusing conv1's output from the
-    statistics pass: each alone and together, the gradients equal plain truncation's."""
+    between them) instead of three, with or without conv1's output kept from the first pass for the
+    second, and the forward's strips reusing conv1's output from the statistics pass: each alone and
+    together, the gradients equal plain truncation's."""
 
-    @pytest.mark.parametrize("split,reuse,mode,window", [(True, True, "sliding", 0), (True, True, "sliding", 1),
-                                                         (False, True, "sliding", 0), (True, False, "block", 2)])
-    def test_equal_plain_truncation(self, cog, plain_run, split, reuse, mode, window, monkeypatch):
+    @pytest.mark.parametrize("split,reuse,keep,mode,window", [
+        (True, True, False, "sliding", 0), (True, True, True, "sliding", 1), (False, True, False, "sliding", 0),
+        (True, False, True, "block", 2)])
+    def test_equal_plain_truncation(self, cog, plain_run, split, reuse, keep, mode, window, monkeypatch):
         from chopgrad_core.adapters import cogvideox
 
         vae, z, target = cog
         monkeypatch.setattr(cogvideox, "SPLIT_RESNET_BACKWARD", split)
+        monkeypatch.setattr(cogvideox, "KEEP_CONV1_OUTPUT", keep)
+        gradient_only = []  # convolutions run for their gradients only
+        grad_only = cogvideox.grad_only
+        monkeypatch.setattr(cogvideox, "grad_only", lambda conv: gradient_only.append(conv) or grad_only(conv))
         calls = {"first": 0, "second": 0}
         for name in calls:
             method = getattr(cogvideox._ResnetRun, name)
@@ -235,6 +241,8 @@ class TestCogVideoXResnetPasses:
         assert_levered_equals_plain(vae, z, target, params, plain_run,
                                     mode=mode, window=window, recompute_plan=plan)
         assert calls["second"] > 0 and calls["first"] > 0
+        conv1s = {id(m.conv1.conv) for m in vae.decoder.modules() if isinstance(m, cogvideox.CogVideoXResnetBlock3D)}
+        assert any(id(c) in conv1s for c in gradient_only) == (keep and split)
 
     def test_zq_indices_made_once_per_shape(self):
         from chopgrad_core.adapters import cogvideox
