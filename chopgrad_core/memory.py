@@ -48,6 +48,10 @@ class RecomputePlan:
     """CogVideoX strips: a resnet keeps conv1's output from its statistics pass (one map of the
     block's output size, in the forward only) instead of recomputing it for the strips."""
 
+    keep_conv1_output: bool = False
+    """CogVideoX strips: a resnet's backward keeps conv1's output from its first pass for the second
+    (one map of the block's output size) instead of recomputing it there."""
+
     prefetch_cache: bool = True
     """Streamed cache (CogVideoX with ``offload_cache``): the next block's input cache entries start
     coming back from host memory while a block runs (False: once it has run, so they are not on the
@@ -140,6 +144,9 @@ _COG_FORWARD_REUSE = 6.9
 #   entries, fetched ahead while the block runs (``prefetch_cache``), are 0.44 (two 128-channel frames
 #   for each of its two causal convs). Where the budget is below it they come after the block instead.
 _COG_FORWARD = 5.4
+# - conv1's output kept between a resnet's two backward passes (``keep_conv1_output``): one map of its
+#   output (memory model, 480x720, 17 frames, 5 strips: 6.37 -> 7.11 GiB; measured 6.82 -> 7.56 GiB).
+_COG_KEEP_CONV1 = 1.0
 
 
 def plan_recompute_cogvideox(*, height: int, width: int, channels: int, frames: int, element_size: int,
@@ -167,8 +174,11 @@ def plan_recompute_cogvideox(*, height: int, width: int, channels: int, frames: 
         rows = int(free / per_row) - _COG_HALO_ROWS
         # Thin strips cost halo rows and launches, but CogVideoX has no kept levels to trade instead.
         if rows >= min(_MIN_ROWS, height) or (offload and rows >= 16):
-            return RecomputePlan(strips=strips or max(1, -(-height // rows)), offload_checkpoints=offload,
+            n = strips or max(1, -(-height // rows))
+            # conv1's output kept in backward where it fits beside strips of the same height.
+            keep = int((free - _COG_KEEP_CONV1) / per_row) - _COG_HALO_ROWS >= -(-height // n)
+            return RecomputePlan(strips=n, offload_checkpoints=offload,
                                  reuse_stats_pass=budget >= _COG_FORWARD_REUSE,
-                                 prefetch_cache=budget >= _COG_FORWARD)
+                                 keep_conv1_output=keep, prefetch_cache=budget >= _COG_FORWARD)
     return RecomputePlan(strips=strips or max(1, height // 8), offload_checkpoints=offload_available,
                          prefetch_cache=False)

@@ -406,12 +406,6 @@ INDEX_ON_DEVICE = True
 #: in a map between them (:meth:`_StripBlock._backward`); False: three passes, conv1 twice (as before).
 SPLIT_RESNET_BACKWARD = True
 
-#: With :data:`SPLIT_RESNET_BACKWARD`, the first pass keeps conv1's output (recomputed there without
-#: gradient) as a map for the second, whose norm2-statistics term needs its values: the second pass
-#: then runs conv1 for its gradients only (``decoder.grad_only``). One map of the block's output
-#: size more in backward, one conv1 forward per strip less. False: the second pass recomputes conv1.
-KEEP_CONV1_OUTPUT = False
-
 
 class _SavedOnHost:
     """``saved_tensors_hooks`` that keep large saved tensors (checkpoint inputs) in host memory."""
@@ -701,8 +695,9 @@ def _block(run, strips: StripPlan, owner: CogVideoXDecoder, forward, params, *ar
     is_t = [isinstance(t, torch.Tensor) for t in flat]
     tensors = [t for t in flat if isinstance(t, torch.Tensor)]
     box: dict = {}
-    y, *outs = _StripBlock.apply((run, owner._saved, strips.plan.reuse_stats_pass), n, spec, [None if t else v for t, v in zip(is_t, flat)],
-                                 is_t, box, x, zq, *tensors, *params)
+    plan = strips.plan
+    y, *outs = _StripBlock.apply((run, owner._saved, plan.reuse_stats_pass, plan.keep_conv1_output), n, spec,
+                                 [None if t else v for t, v in zip(is_t, flat)], is_t, box, x, zq, *tensors, *params)
     it = iter(outs)
     return run.result(y, tree_unflatten([next(it) if t else v for t, v in zip(box["is_t"], box["leaves"])],
                                         box["spec"]))
@@ -774,7 +769,7 @@ class _StripBlock(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, run_saved, n, spec, flat, is_t, box, x, zq, *inputs):
-        run, saved, reuse = run_saved
+        run, saved, reuse, ctx.keep_h1 = run_saved
         k = sum(is_t)
         cache_in, params = inputs[:k], inputs[k:]
         cache = _unflatten(spec, flat, is_t, cache_in)
@@ -934,8 +929,11 @@ class _StripBlock(torch.autograd.Function):
             first = [g for g, key in zip(grad_cache_out, ctx.out_keys) if key in run.first_keys]
             rest = [g for g, key in zip(grad_cache_out, ctx.out_keys) if key not in run.first_keys]
             g_h1: list = []
-            h1_kept: list = []  # with KEEP_CONV1_OUTPUT: conv1's output of pass 1, for pass 2's statistics term
-            keep = KEEP_CONV1_OUTPUT
+            # With ``RecomputePlan.keep_conv1_output``: conv1's output of pass 1 (recomputed there without
+            # gradient), for pass 2's norm2-statistics term, which reads its values; pass 2 then runs
+            # conv1 for its gradients only. One map of h1's size more, one conv1 forward per strip less.
+            h1_kept: list = []
+            keep = ctx.keep_h1
 
             def add_h1(g, c0, c1):
                 if not g_h1:

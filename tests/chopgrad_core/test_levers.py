@@ -226,7 +226,6 @@ class TestCogVideoXResnetPasses:
 
         vae, z, target = cog
         monkeypatch.setattr(cogvideox, "SPLIT_RESNET_BACKWARD", split)
-        monkeypatch.setattr(cogvideox, "KEEP_CONV1_OUTPUT", keep)
         gradient_only = []  # convolutions run for their gradients only
         grad_only = cogvideox.grad_only
         monkeypatch.setattr(cogvideox, "grad_only", lambda conv: gradient_only.append(conv) or grad_only(conv))
@@ -236,7 +235,8 @@ class TestCogVideoXResnetPasses:
             monkeypatch.setattr(cogvideox._ResnetRun, name,
                                 lambda self, *a, _m=method, _n=name: calls.__setitem__(_n, calls[_n] + 1) or _m(self, *a))
         params = cg.wrap(vae).parameters()  # every parameter: conv1's and norm1's too
-        plan = RecomputePlan(strips=3, offload_checkpoints=True, offload_min_bytes=0, reuse_stats_pass=reuse)
+        plan = RecomputePlan(strips=3, offload_checkpoints=True, offload_min_bytes=0, reuse_stats_pass=reuse,
+                             keep_conv1_output=keep)
         # plain truncation: no resnet runs
         assert_levered_equals_plain(vae, z, target, params, plain_run,
                                     mode=mode, window=window, recompute_plan=plan)
@@ -298,6 +298,19 @@ class TestCogVideoXCachePrefetch:
                                             budget_gib=budget)
 
         assert plan(480, 720, 8).prefetch_cache and not plan(848, 1600, 16).prefetch_cache
+
+    def test_conv1_output_kept_where_it_fits_beside_the_same_strips(self):
+        from chopgrad_core.memory import plan_recompute_cogvideox
+
+        def plan(h, w, budget):
+            return plan_recompute_cogvideox(height=h, width=w, channels=128, frames=9, element_size=2,
+                                            budget_gib=budget)
+
+        # 480x720: budget 8 plans 5 strips without it (measured 6.82 GiB; 7.56 with it), 10 keeps it
+        # beside 4 strips (measured 8.41 GiB).
+        assert not plan(480, 720, 8).keep_conv1_output
+        assert plan(480, 720, 10).keep_conv1_output and plan(480, 720, 10).strips == 4
+        assert not plan(848, 1600, 16).keep_conv1_output
 
 
 class TestGradOnlyLastConv:
