@@ -481,13 +481,17 @@ def release_host_buffers() -> None:
 # (off by default since g1).
 # "-keepslots" (a diagnostic, not a lever: more device memory) keeps Wan's fetched input slots on the
 # device for backward. Part g1 ran before the lean forward existed (and with "-early" the default).
-# Part h: "-convfwd" runs every convolution's forward in the recomputation (``GRAD_ONLY_LAST_CONV`` off).
+# Part h: "-convfwd" runs every convolution's forward in the recomputation (``GRAD_ONLY_LAST_CONV`` off);
+# "-noahead" fetches each CogVideoX strip pass's first strip when the pass starts (``_SavedOnHost``'s
+# ``across_passes`` and ``ahead_of_block`` off), "-passesonly" turns ``ahead_of_block`` alone off.
 def _toggles(name: str) -> dict:
     before = name.endswith("-before")
     late = before or name.endswith("-lateprefetch")
     return dict(early_start=name.endswith("-early"), ahead_of_slotless=not late, index_on_device=not before,
                 split=not (before or name.endswith("-nosplit")), save_host_copies=not name.endswith("-keepslots"),
-                lean=name.endswith("-lean"), grad_only=not (before or name.endswith("-convfwd")))
+                lean=name.endswith("-lean"), grad_only=not (before or name.endswith("-convfwd")),
+                across_passes=not (before or name.endswith("-noahead")),
+                ahead_of_block=not (before or name.endswith("-noahead") or name.endswith("-passesonly")))
 
 
 class lever_toggles:
@@ -501,6 +505,9 @@ class lever_toggles:
         from chopgrad_core.adapters import cogvideox, wan
 
         self.grad_only, decoder.GRAD_ONLY_LAST_CONV = decoder.GRAD_ONLY_LAST_CONV, self.want["grad_only"]
+        saved = cogvideox._SavedOnHost
+        self.ahead = saved.across_passes, saved.ahead_of_block
+        saved.across_passes, saved.ahead_of_block = self.want["across_passes"], self.want["ahead_of_block"]
         self.saved = (wan._CheckpointSaver.early_start, wan._SlotIO.ahead_of_slotless,
                       cogvideox.INDEX_ON_DEVICE, cogvideox.SPLIT_RESNET_BACKWARD, wan._SlotIO.save_host_copies)
         wan._SlotIO.save_host_copies = self.want["save_host_copies"]
@@ -516,6 +523,7 @@ class lever_toggles:
         from chopgrad_core.adapters import cogvideox, wan
 
         decoder.GRAD_ONLY_LAST_CONV = self.grad_only
+        cogvideox._SavedOnHost.across_passes, cogvideox._SavedOnHost.ahead_of_block = self.ahead
         (wan._CheckpointSaver.early_start, wan._SlotIO.ahead_of_slotless, cogvideox.INDEX_ON_DEVICE,
          cogvideox.SPLIT_RESNET_BACKWARD, wan._SlotIO.save_host_copies) = self.saved
         wan.LEAN_FORWARD = self.lean
@@ -549,6 +557,8 @@ def issue15_g_cases(part: str) -> list[Case]:
         return list(ISSUE15_H2)
     if part == "h3":
         return list(ISSUE15_H3)
+    if part == "h4":
+        return list(ISSUE15_H4)
     # g2 (one short device call): Wan 480x832's lean forward against diffusers' modules.
     return [Case("naive", 17, 1, NAIVE, hw=P480), Case("low_memory-lean", 17, 1, _lm(6.0), hw=P480),
             Case("low_memory", 17, 1, _lm(6.0), hw=P480), Case("naive", 121, 1, NAIVE, hw=P480),
@@ -630,6 +640,23 @@ ISSUE15_H3 = [
     Case("strips-keeph1", 49, 1, _cog_plan(5, True), family="cogvideox", hw=C480),
     Case("strips4", 49, 1, _cog_plan(4, False), family="cogvideox", hw=C480),
     Case("strips4-keeph1", 49, 1, _cog_plan(4, True), family="cogvideox", hw=C480),
+]
+
+
+# h4: CogVideoX 480x720, the checkpoint pieces fetched ahead across a block's strip passes and into the
+# next strip block's backward (the h3 profile: the GPU busy 78% of the wall, 0.87 s of host-to-device
+# copies), against neither ("-noahead") and the passes alone ("-passesonly"), with and without conv1's
+# output kept.
+ISSUE15_H4 = [
+    Case("naive", 17, 1, NAIVE, family="cogvideox", hw=C480),
+    Case("strips", 17, 1, dict(COG, memory_budget_gib=8.0), family="cogvideox", hw=C480),
+    Case("strips-noahead", 17, 1, dict(COG, memory_budget_gib=8.0), family="cogvideox", hw=C480),
+    Case("strips-passesonly", 17, 1, dict(COG, memory_budget_gib=8.0), family="cogvideox", hw=C480),
+    Case("strips-keeph1", 17, 1, _cog_plan(5, True), family="cogvideox", hw=C480),
+    Case("naive", 49, 1, NAIVE, family="cogvideox", hw=C480),
+    Case("strips", 49, 1, dict(COG, memory_budget_gib=8.0), family="cogvideox", hw=C480),
+    Case("strips-noahead", 49, 1, dict(COG, memory_budget_gib=8.0), family="cogvideox", hw=C480),
+    Case("strips-keeph1", 49, 1, _cog_plan(5, True), family="cogvideox", hw=C480),
 ]
 
 
@@ -807,7 +834,7 @@ def scenario_cases(name: str) -> tuple[list[Case], tuple[int, int]]:
     if name in ("h200-issue15-d", "h200-issue15-e", "h200-issue15-f"):
         return issue15_def_cases(name[-1]), P480
     if name in ("h200-issue15-g1", "h200-issue15-g2", "h200-issue15-g3", "h200-issue15-h1", "h200-issue15-h2",
-                "h200-issue15-h3"):
+                "h200-issue15-h3", "h200-issue15-h4"):
         return issue15_g_cases(name[-2:]), P480
     if name == "model-issue15":
         return model_issue15_cases(), P480

@@ -408,10 +408,38 @@ SPLIT_RESNET_BACKWARD = True
 
 
 class _SavedOnHost:
-    """``saved_tensors_hooks`` that keep large saved tensors (checkpoint inputs) in host memory."""
+    """``saved_tensors_hooks`` that keep large saved tensors (checkpoint inputs) in host memory.
+
+    Blocks run in strips also register their pieces (:meth:`add`), in forward order, so that a
+    block's backward, at its last strip, starts copying the first strip of the strip block whose
+    backward comes next (the one before it in forward order): that copy then runs beside compute
+    instead of stalling the next block's start.
+    """
+
+    #: A strip block's backward starts the next strip block's first strip copying (False: each strip
+    #: block's first strip is fetched when its backward starts, and the GPU waits for it).
+    ahead_of_block = True
+    #: A block's pass over its strips starts its next pass's first strip at its last strip (False: the
+    #: next pass fetches its first strip when it starts).
+    across_passes = True
 
     def __init__(self, offloader: CacheOffloader, min_bytes: int) -> None:
         self.offloader, self.min_bytes, self.count = offloader, min_bytes, 0
+        self.records: list[list] = []  # strip blocks' pieces, forward order
+        self.ahead: dict[int, list] = {}  # record -> its first strip's copies, started
+
+    def add(self, pieces: list) -> int:
+        self.records.append(pieces)
+        return len(self.records) - 1
+
+    def first_strip(self, record: int) -> list:
+        """Record ``record``'s first strip: its copies if already started, else started now."""
+        return self.ahead.pop(record, None) or [self.start(p) for p in self.records[record][0]]
+
+    def start_next(self, record: int) -> None:
+        """Block ``record``'s backward is ending: start the next strip block's first strip."""
+        if self.ahead_of_block and record > 0 and record - 1 not in self.ahead:
+            self.ahead[record - 1] = [self.start(p) for p in self.records[record - 1][0]]
 
     def pack(self, t: torch.Tensor, size: int | None = None):
         """``t`` itself, or a handle to its host copy when ``size`` (default: its own bytes) is large."""
@@ -441,6 +469,11 @@ class _SavedOnHost:
         return self.finish(self.start(packed))
 
     def clear(self) -> None:
+        for handles in self.ahead.values():  # started for a block whose backward did not run: wait
+            for h in handles:  # for the copies before their device memory can be reused
+                self.finish(h)
+        self.ahead.clear()
+        self.records.clear()
         self.count = 0
 
 
@@ -816,6 +849,7 @@ class _StripBlock(torch.autograd.Function):
             ranges = list(strip_rows(rows, n, run.halo))
             ctx.pieces = [[saved.pack(t[..., c0:c1, :], t.numel() * t.element_size()) for t in (x, *cache_in)]
                           for _, _, c0, c1 in ranges]
+            ctx.record = saved.add(ctx.pieces)
             ctx.save_for_backward(zq)
         else:
             ctx.pieces = None
@@ -844,14 +878,32 @@ class _StripBlock(torch.autograd.Function):
             def pieces(i):  # slices of the whole maps kept on the device
                 return [t[..., strips[i][2] : strips[i][3], :] for t in whole]
         else:
-            fetched = {}
+            # The strip passes backward makes over the saved pieces, in order, and what each reads:
+            # every piece, or the block input alone (the first norm's statistics term). A pass's last
+            # strip starts the next pass's first strip copying, as each strip starts the next one's.
+            split = isinstance(run, _ResnetRun) and ctx.split
+            passes = ["all"] * (2 if split else len(stats)) + (["x"] if need_x else [])
+            if not split and not stats:  # an upsampler: one pass
+                passes = ["all"]
+            fetched, done = {}, [0]
 
-            def pieces(i):  # strip i's rows from host memory; strip i + 1's start copying
-                got = fetched.pop(i, None) or [saved.start(p) for p in ctx.pieces[i]]
-                if i + 1 < len(strips):
-                    fetched[i + 1] = [saved.start(p) for p in ctx.pieces[i + 1]]
+            def start(i, kind):
+                return [saved.start(p) for p in (ctx.pieces[i] if kind == "all" else ctx.pieces[i][:1])]
+
+            def pieces(i):  # strip i's rows from host memory; the next strip's start copying
+                kind = passes[done[0]]
+                if i == 0 and done[0] == 0:  # possibly started by the strip block before (in backward)
+                    got = saved.first_strip(ctx.record)
                 else:
-                    fetched.clear()  # the next pass starts over
+                    got = fetched.pop(i, None) or start(i, kind)
+                if i + 1 < len(strips):
+                    fetched[i + 1] = start(i + 1, kind)
+                else:
+                    done[0] += 1
+                    if done[0] < len(passes) and saved.across_passes:
+                        fetched[0] = start(0, passes[done[0]])
+                    else:
+                        saved.start_next(ctx.record)
                 return [saved.finish(h) for h in got]
         grad_x, *grad_c = [torch.zeros(shape, dtype=dtype, device=device) if nd else None
                            for (shape, dtype, device), nd in zip(ctx.like, (need_x, *need_c))]
@@ -991,6 +1043,8 @@ class _StripBlock(torch.autograd.Function):
                     continue
                 pull(lambda h, r0=r0, r1=r1, c0=c0: [h[..., r0 - c0 : r1 - c0, :]],
                      lambda hs, j=j: [_stat_grad(hs[0].detach(), stats[j], grad_stats[j])], i, j, stop=j)
+        if ctx.pieces is not None:  # every started copy is waited for before its memory can go
+            assert not fetched, f"pieces fetched for a pass that did not run: {sorted(fetched)}"
         it_p = iter(grad_p)
         grad_params = [next(it_p) if nd else None for nd in need[8 + k :]]
         return (None, None, None, None, None, None, grad_x, grad_zq, *grad_c, *grad_params)
