@@ -7,21 +7,15 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from drivegen.data.sample_data import generate_sample_logs
 from drivegen.train import DataConfig, TrainConfig, Trainer, TrainerConfig
 from drivegen.errors import ConfigError, TrainConfigError
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """Sample logs and a 32x48 clip store, made once: the trainer's own ensure_store builds it."""
-    root = tmp_path_factory.mktemp("train")
-    generate_sample_logs(root / "logs", nuscenes_scenes=1)
-    data = DataConfig(logs=str(root / "logs"), store=str(root / "clips.zarr"), image_size=[32, 48])
-    from drivegen.train.trainer import ensure_store
-
-    ensure_store(TrainConfig(data=data))
-    return data
+def store(one_scene_store):
+    """Sample logs and a 32x48 clip store, made once: the trainer's own ensure_store builds it
+    (tests/conftest.py's ``one_scene_store``, shared with tests/reliability; read-only here)."""
+    return one_scene_store
 
 
 class TestResume:
