@@ -255,17 +255,30 @@ class TestSampleVae:
         """Longer clips than make train's 5 frames: each frame group after the second decodes from
         the cache the one before left, a step a VAE fitted on 5-frame clips never made. The first
         sample VAE did not hold (PSNR 21.7 dB over frames 0-4, 10.7 over frames 9-12 here); the
-        shipped one, continued on 13-frame clips, keeps the later frames within 3 dB."""
+        shipped one, continued on 13-frame clips, keeps the later frames within 3 dB.
+
+        The clip: the first 13-frame clip of the nuScenes log, written by preprocessing's own ClipWorker
+        in this process with the settings ensure_store uses (the same bytes as a Ray run of the whole
+        store, whose train-split clip 0 it is; without Ray and the store's other clips, which the test
+        never read)."""
         import torch
 
+        from drivegen.data import store as clip_store
         from drivegen.data.dataset import ClipDataset
+        from drivegen.data.ingest import discover_logs
+        from drivegen.data.preprocess import ClipWorker, load_config
         from drivegen.model.vae import load_vae
-        from drivegen.train.trainer import ensure_store
 
-        data = DataConfig(logs=store.logs, store=str(tmp_path / "clips13.zarr"), image_size=store.image_size,
-                          clip_length=13)
-        ensure_store(TrainConfig(data=data))
-        x = ClipDataset(data.store, datasets=["nuscenes"], split="train").images(0).permute(1, 2, 0, 3, 4)
+        out = tmp_path / "clips13.zarr"
+        h, w = store.image_size
+        config = load_config([f"input_root={store.logs}", f"out={out}", f"conditions.image_size=[{h},{w}]",
+                              "conditions.bev=false", "clip.length=13", "clip.stride=13",
+                              f"split.val_logs=[{','.join(store.val_logs)}]", "progress=false"])
+        clip_store.open_store(out, config.store_settings())
+        ref = next(r for r in discover_logs(store.logs) if r.kind == "nuscenes")
+        assert ClipWorker(str(out), config).write_clip(ref, 0)["status"] == "written"
+        clip_store.consolidate(out)
+        x = ClipDataset(out, datasets=["nuscenes"], split="train").images(0).permute(1, 2, 0, 3, 4)
         vae = load_vae("sample")
         with torch.no_grad():
             r = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
