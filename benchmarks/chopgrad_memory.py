@@ -1015,8 +1015,11 @@ def plot_issue15(paths: list[str], png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Part h's rows with the defaults since (Wan's lean forward, CogVideoX's conv1 output kept at 480x720)
+    # follow the plain ones in their files, so they are the points drawn.
     labels = {"naive": "plain D=0", "low_memory": "low_memory (budget planned)",
-              "strips": "low_memory (budget planned)", "full": "full backprop"}
+              "strips": "low_memory (budget planned)", "low_memory-lean": "low_memory (budget planned)",
+              "strips-keeph1": "low_memory (budget planned)", "full": "full backprop"}
     series: dict[tuple, dict[int, float]] = {}
     capacity = None
     for path in paths:

@@ -11,8 +11,9 @@ Presets (``PRESETS``, Hydra ``chopgrad=<name>``):
   Issue 15: a memory budget (``memory_budget_gib``, 6 GiB here) plans the levers per frame size
   instead of a fixed strip count: strips from the resolution, block inputs in host memory, the
   low-resolution blocks kept rather than recomputed (``chopgrad_core.memory``). At 896x1600 set
-  ``chopgrad.memory_budget_gib=8`` (6 would need thin, slow strips). Measured in
-  benchmarks/RESULTS.md, issue 15.
+  ``chopgrad.memory_budget_gib=8`` (6 would need thin, slow strips). On one H200 (issue 15 part h,
+  bf16): 4.70-4.72 GiB at 1.28-1.29x plain D = 0 at 480x832 (17-121 frames); 6.53-6.64 GiB at
+  1.37x at 896x1600 (17-241 frames, 1 and 6 cameras). Measured in benchmarks/RESULTS.md, issue 15.
 """
 
 from __future__ import annotations
