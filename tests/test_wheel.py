@@ -49,7 +49,12 @@ class TestWheel:
                 "chopgrad_core/configs/finetune.yaml", "drivegen/model/assets/sample_vae/config.json",
                 "drivegen/model/assets/sample_vae/diffusion_pytorch_model.safetensors"} <= names
 
-    def test_installed_train_runs_from_another_folder(self, wheel_env, tmp_path):
+    def test_installed_train_runs_from_another_folder(self, wheel_env, one_scene_sample, tmp_path):
+        """The installed entry point preprocesses logs into a store and trains from an unrelated
+        folder. The logs: the session's sample logs (tests/conftest.py, read-only: the run only reads
+        them), not a fresh write of the full sample world; drivegen.data.sample_data reads no file
+        of the package (pure code, shipped like every module), and make train's run in
+        tests/test_readme_commands.py writes the logs through the entry point."""
         _, python = wheel_env
         work = tmp_path / "elsewhere"
         work.mkdir()
@@ -59,7 +64,7 @@ class TestWheel:
                                text=True).stdout.strip()
         assert str(REPO) not in where, f"drivegen imported from the checkout: {where}"
         cmd = [str(python), "-m", "drivegen.train", "trainer.steps=1", "trainer.sample_steps=0",
-               "trainer.tensorboard=false", "data.image_size=[32,48]", f"data.logs={work / 'logs'}",
+               "trainer.tensorboard=false", "data.image_size=[32,48]", f"data.logs={one_scene_sample.root}",
                f"data.store={work / 'clips.zarr'}", f"trainer.out={work / 'out'}"]
         run = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
