@@ -279,8 +279,7 @@ class _GradOnlyConv(torch.autograd.Function):
         k = weight.shape[2:]
         size = [(n + 2 * p - d * (kk - 1) - 1) // s + 1
                 for n, kk, s, p, d in zip(x.shape[2:], k, stride, padding, dilation)]
-        return torch.empty((x.shape[0], weight.shape[0], *size), dtype=x.dtype, device=x.device,
-                           memory_format=_memory_format(x))
+        return x.new_empty((x.shape[0], weight.shape[0], *size))
 
     @staticmethod
     def backward(ctx, grad):
@@ -293,27 +292,13 @@ class _GradOnlyConv(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None
 
 
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
-        return torch.channels_last_3d
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def grad_only_conv(conv: nn.Module, x: torch.Tensor, padding=None) -> torch.Tensor:
     """``conv(x)`` (an ``nn.Conv2d``/``nn.Conv3d`` with zero padding, or ``padding`` given) as a
     :class:`_GradOnlyConv`: the output's values are undefined, its gradients exact."""
-    nd = x.dim() - 2
-    if padding is None:
+    if padding is None:  # nn.Conv* keep stride, padding and dilation as tuples
         assert conv.padding_mode == "zeros" and not isinstance(conv.padding, str), conv
         padding = conv.padding
-    return _GradOnlyConv.apply(x, conv.weight, conv.bias, _tuple(conv.stride, nd), _tuple(padding, nd),
-                               _tuple(conv.dilation, nd), conv.groups)
-
-
-def _tuple(v, n: int) -> tuple:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+    return _GradOnlyConv.apply(x, conv.weight, conv.bias, conv.stride, tuple(padding), conv.dilation, conv.groups)
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GIB = 1024**3
+_MARGIN = 0.85  # the share of a budget a plan fills: 15% for allocator rounding and workspaces
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def plan_recompute(*, height: int, width: int, channels: int, frames: int, eleme
     if budget_gib <= 0:
         raise ValueError(f"memory budget must be > 0 GiB, got {budget_gib}")
     unit = feature_unit_bytes(channels, frames, height, width, element_size)
-    budget = budget_gib * GIB * 0.85 / unit  # in units; 15% for allocator rounding and workspaces
+    budget = budget_gib * GIB * _MARGIN / unit  # in units
     per_row = _STRIP_PER_ROW / 2 * (2.0 if element_size < 4 else 1.0) / height  # norms upcast to fp32
     # Cheapest in time first: block inputs on the device (host copies cost bus time a fast decoder
     # does not hide at 480p), the most kept levels; then block inputs offloaded.
@@ -169,7 +170,7 @@ def plan_recompute_cogvideox(*, height: int, width: int, channels: int, frames: 
     if budget_gib <= 0:
         raise ValueError(f"memory budget must be > 0 GiB, got {budget_gib}")
     unit = feature_unit_bytes(channels, frames, height, width, element_size)
-    budget = budget_gib * GIB * 0.85 / unit
+    budget = budget_gib * GIB * _MARGIN / unit
     per_row = _COG_STRIP_PER_ROW / height
     for offload in (False, True):
         if offload and not offload_available:
@@ -181,7 +182,7 @@ def plan_recompute_cogvideox(*, height: int, width: int, channels: int, frames: 
             n = strips or max(1, -(-height // rows))
             # conv1's output kept in backward where it fits beside strips of the same height, checked
             # against the measured peaks rather than the generic 15% margin (see _COG_KEEP_MARGIN).
-            room = free + budget_gib * GIB * (_COG_KEEP_MARGIN - 0.85) / unit - _COG_KEEP_CONV1
+            room = free + budget_gib * GIB * (_COG_KEEP_MARGIN - _MARGIN) / unit - _COG_KEEP_CONV1
             keep = int(room / per_row) - _COG_HALO_ROWS >= -(-height // n)
             return RecomputePlan(strips=n, offload_checkpoints=offload,
                                  reuse_stats_pass=budget >= _COG_FORWARD_REUSE,

@@ -882,9 +882,7 @@ class _StripBlock(torch.autograd.Function):
             # every piece, or the block input alone (the first norm's statistics term). A pass's last
             # strip starts the next pass's first strip copying, as each strip starts the next one's.
             split = isinstance(run, _ResnetRun) and ctx.split
-            passes = ["all"] * (2 if split else len(stats)) + (["x"] if need_x else [])
-            if not split and not stats:  # an upsampler: one pass
-                passes = ["all"]
+            passes = ["all"] * (2 if split else max(1, len(stats))) + (["x"] if need_x and stats else [])
             fetched, done = {}, [0]
 
             def start(i, kind):
@@ -900,10 +898,10 @@ class _StripBlock(torch.autograd.Function):
                     fetched[i + 1] = start(i + 1, kind)
                 else:
                     done[0] += 1
-                    if done[0] < len(passes) and saved.across_passes:
-                        fetched[0] = start(0, passes[done[0]])
-                    else:
+                    if done[0] == len(passes):
                         saved.start_next(ctx.record)
+                    elif saved.across_passes:
+                        fetched[0] = start(0, passes[done[0]])
                 return [saved.finish(h) for h in got]
         grad_x, *grad_c = [torch.zeros(shape, dtype=dtype, device=device) if nd else None
                            for (shape, dtype, device), nd in zip(ctx.like, (need_x, *need_c))]
